@@ -1,0 +1,93 @@
+"""Request context: settings, database, the caller and the caller's IP."""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from datetime import timedelta
+
+from fastapi import Request
+from sqlalchemy import update
+
+from entryguard.control.auth.principal import Principal, authenticate
+from entryguard.control.db.database import Database
+from entryguard.control.db.models import ApiKey, utcnow
+from entryguard.control.errors import Unauthorized
+from entryguard.control.settings import Settings
+from entryguard.net import normalize_ip
+
+
+@dataclass
+class Ctx:
+    settings: Settings
+    db: Database
+
+
+def ctx(request: Request) -> Ctx:
+    return request.app.state.ctx  # type: ignore[no-any-return]
+
+
+def bearer(request: Request) -> str | None:
+    h = request.headers.get("authorization", "")
+    scheme, _, value = h.partition(" ")
+    if scheme.lower() == "bearer" and value.strip():
+        return value.strip()
+    return None
+
+
+async def principal(request: Request) -> Principal:
+    c = ctx(request)
+    secret = bearer(request)
+    if secret is None:
+        cookie_auth = getattr(request.app.state, "cookie_principal", None)
+        if cookie_auth is not None:
+            p: Principal | None = await cookie_auth(request)
+            if p is not None:
+                return p
+        raise Unauthorized("missing credentials: run `eg login` or send `Authorization: Bearer <key>`",
+                           code="unauthorized")
+    async with c.db.read() as s:
+        p = await authenticate(s, secret)
+    if p.api_key is not None:
+        await _touch_key(c.db, p.api_key)
+    return p
+
+
+async def _touch_key(db: Database, key: ApiKey) -> None:
+    # last_used_at is informational: updated at most once a minute, outside the
+    # serialised write path (it changes no access and writes no audit event).
+    now = utcnow()
+    if key.last_used_at is None or now - key.last_used_at > timedelta(seconds=60):
+        async with db.sessions() as s, s.begin():
+            await s.execute(update(ApiKey).where(ApiKey.id == key.id).values(last_used_at=now))
+
+
+def client_ip(request: Request) -> str:
+    """The socket peer; ``X-Forwarded-For`` only when the peer is a trusted proxy.
+
+    The header is read right to left, skipping trusted proxies; the first address that
+    is not one is the client. Anything to its left was written by the client and is
+    ignored, so a spoofed header cannot choose the granted IP.
+    """
+    settings: Settings = ctx(request).settings
+    peer = request.client.host if request.client else "0.0.0.0"
+    try:
+        ip = normalize_ip(ipaddress.ip_address(peer.split("%", 1)[0]))
+    except ValueError:
+        return peer
+
+    def trusted(a: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+        return any(a.version == n.version and a in n for n in settings.trusted_proxies)
+
+    if not trusted(ip):
+        return str(ip)
+    hops = [h.strip() for h in ",".join(request.headers.getlist("x-forwarded-for")).split(",") if h.strip()]
+    for hop in reversed(hops):
+        try:
+            addr = normalize_ip(ipaddress.ip_address(hop))
+        except ValueError:
+            break  # garbage in the chain: stop believing it
+        if not trusted(addr):
+            return str(addr)
+        ip = addr
+    return str(ip)

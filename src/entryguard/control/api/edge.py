@@ -1,0 +1,49 @@
+"""The edge's sync endpoints (edge token); see docs/sync.md."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from fastapi import APIRouter, Query, Request
+
+from entryguard.control.api.deps import bearer, ctx
+from entryguard.control.errors import Unauthorized
+from entryguard.control.services import edge_sync
+
+router = APIRouter(prefix="/edge", tags=["edge"])
+
+
+async def _check(request: Request) -> None:
+    token = bearer(request)
+    if token is None:
+        raise Unauthorized("missing edge token", code="invalid_edge_token")
+    async with ctx(request).db.read() as s:
+        await edge_sync.check_edge_token(s, token)
+
+
+@router.get("/snapshot")
+async def snapshot(request: Request) -> dict[str, Any]:
+    await _check(request)
+    async with ctx(request).db.read() as s:
+        return await edge_sync.snapshot(s)
+
+
+@router.get("/changes")
+async def changes(
+    request: Request,
+    since: int = Query(ge=0),
+    wait: float = Query(default=25.0, ge=0, le=60),
+    limit: int = Query(default=500, ge=1, le=5000),
+) -> dict[str, Any]:
+    await _check(request)
+    notifier: edge_sync.ChangeNotifier = request.app.state.notifier
+    deadline = time.monotonic() + wait
+    while True:
+        async with ctx(request).db.read() as s:
+            rows = await edge_sync.changes_since(s, since, limit)
+            rev = rows[-1]["revision"] if rows else since
+        left = deadline - time.monotonic()
+        if rows or left <= 0 or await request.is_disconnected():
+            return {"revision": rev, "changes": rows}
+        await notifier.wait(left)

@@ -1,0 +1,100 @@
+"""The control plane's ASGI app: REST API under /api/v1 (and the dashboard at /)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from entryguard import __version__
+from entryguard.control.api import admin_access, admin_directory, agent, auth, edge, me
+from entryguard.control.api.deps import Ctx
+from entryguard.control.db.database import Database
+from entryguard.control.errors import ApiError
+from entryguard.control.services.agents import run_offline_watch
+from entryguard.control.services.edge_sync import ChangeNotifier, prune_changes
+from entryguard.control.services.expiry import run_expiry
+from entryguard.control.settings import Settings
+
+log = logging.getLogger("entryguard.control")
+API = "/api/v1"
+
+
+def error_body(code: str, message: str) -> dict[str, Any]:
+    return {"error": {"code": code, "message": message}}
+
+
+async def _prune_loop(db: Database, retention: int) -> None:
+    while True:
+        await asyncio.sleep(3600)
+        with contextlib.suppress(Exception):
+            await prune_changes(db, retention)
+
+
+def create_app(settings: Settings, db: Database | None = None, *, background: bool = True) -> FastAPI:
+    database = db or Database(settings.database_url)
+    notifier = ChangeNotifier(database)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await notifier.start()
+        tasks = []
+        if background:
+            tasks = [
+                asyncio.create_task(run_expiry(database, settings.expiry_interval), name="expiry"),
+                asyncio.create_task(run_offline_watch(database, settings.agent_offline_after), name="offline"),
+                asyncio.create_task(_prune_loop(database, settings.change_retention_seconds), name="prune"),
+            ]
+        try:
+            yield
+        finally:
+            for t in tasks:
+                t.cancel()
+            for t in tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await t
+            await notifier.stop()
+            if db is None:
+                await database.dispose()
+
+    app = FastAPI(
+        title="EntryGuard",
+        version=__version__,
+        openapi_url=f"{API}/openapi.json",
+        docs_url=f"{API}/docs",
+        redoc_url=None,
+        lifespan=lifespan,
+    )
+    app.state.ctx = Ctx(settings=settings, db=database)
+    app.state.notifier = notifier
+
+    @app.exception_handler(ApiError)
+    async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
+        return JSONResponse(error_body(exc.code, exc.message), status_code=exc.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
+        msg = f"{where}: {first.get('msg', 'invalid request')}" if where else str(first.get("msg", "invalid request"))
+        return JSONResponse(error_body("invalid_request", msg), status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return JSONResponse(error_body(code, str(exc.detail)), status_code=exc.status_code)
+
+    @app.get(f"{API}/health", tags=["health"])
+    async def health() -> dict[str, Any]:
+        return {"status": "ok", "version": __version__}
+
+    for r in (auth.router, me.router, admin_directory.router, admin_access.router, agent.router, edge.router):
+        app.include_router(r, prefix=API)
+    return app

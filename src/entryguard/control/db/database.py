@@ -1,0 +1,94 @@
+"""Engine and transactions, one code path for SQLite (embedded) and PostgreSQL.
+
+Every transaction that changes access goes through :meth:`Database.write`. It
+serialises writers: on PostgreSQL with a transaction-scoped advisory lock, on
+SQLite with a process-wide asyncio lock (SQLite has one writer anyway). That is
+what makes change-log revisions commit in order and keeps the audit hash chain
+linear, and it makes "one active session per user" hold under concurrent starts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import event, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+
+WRITE_LOCK_KEY = 0x45475752  # "EGWR"
+
+
+def async_url(url: str) -> str:
+    """Accept the URLs users type (``postgresql://``, ``sqlite:///path``) and pick async drivers."""
+    u = make_url(url)
+    if u.drivername in ("postgresql", "postgres", "postgresql+psycopg", "postgresql+psycopg2"):
+        u = u.set(drivername="postgresql+asyncpg")
+    elif u.drivername == "sqlite":
+        u = u.set(drivername="sqlite+aiosqlite")
+    return u.render_as_string(hide_password=False)
+
+
+def sqlite_url_for(data_dir: Path) -> str:
+    return f"sqlite:///{(data_dir / 'entryguard.db').resolve()}"
+
+
+class Database:
+    def __init__(self, url: str, *, echo: bool = False) -> None:
+        self.url = async_url(url)
+        self.dialect = make_url(self.url).get_backend_name()
+        kwargs: dict[str, Any] = {"echo": echo}
+        if self.dialect == "sqlite":
+            kwargs["connect_args"] = {"timeout": 30}
+        else:
+            kwargs.update(pool_size=10, max_overflow=20, pool_pre_ping=True)
+        self.engine: AsyncEngine = create_async_engine(self.url, **kwargs)
+        if self.dialect == "sqlite":
+            event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
+        self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
+        self._local_write_lock = asyncio.Lock()
+        self.on_commit_changes: list[Callable[[], None]] = []
+
+    @property
+    def is_postgres(self) -> bool:
+        return self.dialect == "postgresql"
+
+    @asynccontextmanager
+    async def read(self) -> AsyncIterator[AsyncSession]:
+        async with self.sessions() as s:
+            yield s
+
+    @asynccontextmanager
+    async def write(self) -> AsyncIterator[AsyncSession]:
+        """A serialised read-write transaction; commits on success, rolls back on error.
+
+        When the transaction wrote change-log rows, the ``on_commit_changes`` callbacks
+        run after the commit (they wake long-polling edges in this process; other
+        replicas hear of it through NOTIFY, sent inside the transaction).
+        """
+        async with self._local_write_lock, self.sessions() as s:
+            async with s.begin():
+                if self.is_postgres:
+                    await s.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": WRITE_LOCK_KEY})
+                yield s
+                if s.info.get("changed") and self.is_postgres:
+                    await s.execute(text("SELECT pg_notify('entryguard_changes', '')"))
+            changed = s.info.pop("changed", False)
+        if changed:
+            for cb in self.on_commit_changes:
+                cb()
+
+    async def dispose(self) -> None:
+        await self.engine.dispose()
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.execute("PRAGMA busy_timeout=30000")
+    cur.close()

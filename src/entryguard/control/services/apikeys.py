@@ -1,0 +1,73 @@
+"""API keys (also the agents' credentials) and edge tokens."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from entryguard.control.auth.secrets import new_secret
+from entryguard.control.db.models import ApiKey, EdgeToken, User, utcnow
+from entryguard.control.errors import BadRequest, Conflict, NotFound
+from entryguard.control.services.journal import audit, iso, log_change
+from entryguard.control.services.validation import check_name
+
+SCOPES = ("agent:connect", "admin", "sessions")
+
+
+def agent_data(k: ApiKey, name: str | None = None) -> dict[str, Any]:
+    return {"key_id": k.id, "name": name or k.name, "prefix": k.prefix,
+            "key_sha256": k.key_hash, "expires_at": iso(k.expires_at)}
+
+
+async def get_key(s: AsyncSession, name: str) -> ApiKey:
+    k = (await s.execute(select(ApiKey).where(ApiKey.name == name))).scalar_one_or_none()
+    if k is None:
+        raise NotFound(f"no API key {name!r}: see `eg admin apikey list`", code="apikey_not_found")
+    return k
+
+
+async def create_key(
+    s: AsyncSession, owner: User, name: str, scopes: list[str], expires_seconds: int | None, actor: str
+) -> tuple[ApiKey, str]:
+    check_name(name, "API key name")
+    clean = sorted(set(scopes))
+    if not clean:
+        raise BadRequest(f"give at least one scope: {', '.join(SCOPES)}", code="invalid_scope")
+    bad = [sc for sc in clean if sc not in SCOPES]
+    if bad:
+        raise BadRequest(f"unknown scope {bad[0]!r}: choose from {', '.join(SCOPES)}", code="invalid_scope")
+    if (await s.execute(select(ApiKey.id).where(ApiKey.name == name))).first():
+        raise Conflict(f"an API key named {name!r} already exists", code="apikey_exists")
+    sec = new_secret("eg")
+    k = ApiKey(org_id=owner.org_id, user_id=owner.id, name=name, prefix=sec.prefix, key_hash=sec.digest,
+               scopes=",".join(clean),
+               expires_at=utcnow() + timedelta(seconds=expires_seconds) if expires_seconds else None)
+    s.add(k)
+    await s.flush()
+    if "agent:connect" in clean:
+        await log_change(s, "agent.upsert", agent_data(k))
+    await audit(s, actor, "apikey.create", name, details={"scopes": clean, "prefix": k.prefix},
+                org_id=owner.org_id)
+    return k, sec.secret
+
+
+async def revoke_key(s: AsyncSession, name: str, actor: str) -> ApiKey:
+    k = await get_key(s, name)
+    if k.revoked_at is None:
+        k.revoked_at = utcnow()
+        if "agent:connect" in k.scope_list:
+            await log_change(s, "agent.remove", {"key_id": k.id})
+        await audit(s, actor, "apikey.revoke", name, org_id=k.org_id)
+    return k
+
+
+async def create_edge_token(s: AsyncSession, name: str) -> str:
+    check_name(name, "edge token name")
+    sec = new_secret("ege")
+    s.add(EdgeToken(name=name, prefix=sec.prefix, token_hash=sec.digest))
+    await s.flush()
+    await audit(s, "system", "edge_token.create", name, details={"prefix": sec.prefix})
+    return sec.secret

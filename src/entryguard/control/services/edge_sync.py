@@ -1,0 +1,127 @@
+"""The edge's view: snapshot and the change log from a revision (docs/sync.md)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import delete, func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from entryguard.control.auth.secrets import matches, split_prefix
+from entryguard.control.db.database import Database
+from entryguard.control.db.models import ApiKey, Change, EdgeToken, Grant, Resource, utcnow
+from entryguard.control.errors import Gone, Unauthorized
+from entryguard.control.services.apikeys import agent_data
+from entryguard.control.services.grants import grant_data
+from entryguard.control.services.journal import iso
+from entryguard.control.services.resources import tunnel_data
+
+log = logging.getLogger("entryguard.sync")
+
+
+async def check_edge_token(s: AsyncSession, token: str) -> EdgeToken:
+    prefix = split_prefix(token)
+    row = None
+    if prefix and prefix.startswith("ege_"):
+        row = (await s.execute(select(EdgeToken).where(EdgeToken.prefix == prefix))).scalar_one_or_none()
+    if row is None or row.revoked_at is not None or not matches(token, row.token_hash):
+        raise Unauthorized("invalid edge token: create one with `entryguard edge-token create`",
+                           code="invalid_edge_token")
+    return row
+
+
+async def current_revision(s: AsyncSession) -> int:
+    return int((await s.execute(select(func.max(Change.revision)))).scalar_one_or_none() or 0)
+
+
+async def snapshot(s: AsyncSession) -> dict[str, Any]:
+    # One read transaction: on PostgreSQL REPEATABLE READ would be stricter, but every
+    # writer holds the global write lock, so reading the revision first and the rows
+    # after can only show rows of a *later* revision, which replaying is idempotent for.
+    revision = await current_revision(s)
+    tunnels = (await s.execute(select(Resource).where(Resource.type == "tunnel").order_by(Resource.id))).scalars()
+    keys = (await s.execute(select(ApiKey).where(ApiKey.revoked_at.is_(None)).order_by(ApiKey.id))).scalars()
+    grants = (await s.execute(
+        select(Grant).join(Resource, Resource.id == Grant.resource_id)
+        .where(Resource.type == "tunnel").order_by(Grant.id)
+    )).scalars()
+    return {
+        "revision": revision,
+        "server_time": iso(utcnow()),
+        "tunnels": [tunnel_data(r) for r in tunnels],
+        "agents": [agent_data(k) for k in keys if "agent:connect" in k.scope_list],
+        "grants": [grant_data(g) for g in grants],
+    }
+
+
+async def changes_since(s: AsyncSession, since: int, limit: int) -> list[dict[str, Any]]:
+    oldest = (await s.execute(select(func.min(Change.revision)))).scalar_one_or_none()
+    newest = await current_revision(s)
+    if since > newest or (oldest is not None and since < oldest - 1):
+        raise Gone(f"revision {since} is no longer available: fetch /edge/snapshot again",
+                   code="revision_gone")
+    rows = (await s.execute(
+        select(Change).where(Change.revision > since).order_by(Change.revision).limit(limit)
+    )).scalars()
+    return [{"revision": c.revision, "op": c.op, "data": json.loads(c.data)} for c in rows]
+
+
+class ChangeNotifier:
+    """Wakes long-polls when the change log grows: in-process callbacks, and on
+    PostgreSQL a LISTEN connection so commits on other replicas wake us too."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self._cond = asyncio.Condition()
+        self._generation = 0
+        self._listener: Any = None
+        db.on_commit_changes.append(self.notify)
+
+    def notify(self) -> None:
+        self._generation += 1
+        asyncio.get_running_loop().create_task(self._wake())
+
+    async def _wake(self) -> None:
+        async with self._cond:
+            self._cond.notify_all()
+
+    async def wait(self, timeout: float) -> None:
+        gen = self._generation
+        async with self._cond:
+            with contextlib.suppress(TimeoutError):
+                # Re-check every 2 s in case a NOTIFY was missed (listener reconnecting).
+                await asyncio.wait_for(self._cond.wait_for(lambda: self._generation != gen),
+                                       timeout=min(timeout, 2.0))
+
+    async def start(self) -> None:
+        if not self.db.is_postgres:
+            return
+        import asyncpg
+
+        url = self.db.engine.url.set(drivername="postgresql")
+        try:
+            self._listener = await asyncpg.connect(url.render_as_string(hide_password=False))
+            await self._listener.add_listener("entryguard_changes", lambda *_: self.notify())
+        except (OSError, asyncpg.PostgresError) as exc:
+            log.warning("LISTEN for change notifications failed (%s); polling instead", exc)
+
+    async def stop(self) -> None:
+        if self._listener is not None:
+            with contextlib.suppress(Exception):
+                await self._listener.close()
+
+
+async def prune_changes(db: Database, retention_seconds: int) -> int:
+    async with db.write() as s:
+        res = await s.execute(
+            delete(Change).where(
+                Change.created_at < utcnow() - timedelta(seconds=retention_seconds),
+                Change.revision < await current_revision(s),  # keep the newest row
+            )
+        )
+        return int(res.rowcount or 0)  # type: ignore[attr-defined]

@@ -1,0 +1,59 @@
+"""The background job that ends due sessions and guest grants.
+
+It runs on every replica. A cheap unlocked probe finds out whether anything is due;
+only then does it take the write transaction, where rows are claimed with
+``FOR UPDATE SKIP LOCKED`` so no session is expired twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from sqlalchemy import select
+
+from entryguard.control.db.database import Database
+from entryguard.control.db.models import GuestAccess, utcnow
+from entryguard.control.services.access_rules import due_guests, end_guest
+from entryguard.control.services.sessions import any_due, due_sessions, end_session
+
+log = logging.getLogger("entryguard.expiry")
+
+
+async def _guests_due(db: Database) -> bool:
+    async with db.read() as s:
+        return (await s.execute(
+            select(GuestAccess.id).where(GuestAccess.ended_at.is_(None), GuestAccess.expires_at <= utcnow())
+            .limit(1)
+        )).first() is not None
+
+
+async def expire_once(db: Database) -> int:
+    async with db.read() as s:
+        sessions_due = await any_due(s)
+    guests_due = await _guests_due(db)
+    if not sessions_due and not guests_due:
+        return 0
+    n = 0
+    async with db.write() as s:
+        for sess, user in await due_sessions(s, lock=db.is_postgres):
+            await end_session(s, sess, user, "expired", "system")
+            n += 1
+        for g, r in await due_guests(s, lock=db.is_postgres):
+            await end_guest(s, g, r, "expired", "system")
+            n += 1
+    return n
+
+
+async def run_expiry(db: Database, interval: float) -> None:
+    while True:
+        try:
+            n = await expire_once(db)
+            if n:
+                log.info("expired %d session(s)/guest grant(s)", n)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # keep the job alive through a database blip
+            log.exception("expiry pass failed; retrying")
+            await asyncio.sleep(2)
+        await asyncio.sleep(interval)

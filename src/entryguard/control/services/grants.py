@@ -1,0 +1,172 @@
+"""Grants: the one model behind sessions, static rules and guest access.
+
+Each function here runs inside a serialised write transaction and keeps three things
+in step with the ``grants`` table: the change log (edges), and for script resources
+the agent's command queue. A script's ``apply``/``revoke`` is only queued when the
+CIDR's coverage of the resource really changes: two users behind one NAT address hold
+two grants for the same /32, and the first one's stop must not revoke the second's access.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from entryguard.control.db.models import (
+    AgentCommand,
+    Grant,
+    Resource,
+    RoleResource,
+    RoleUser,
+    Session,
+    User,
+)
+from entryguard.control.services.journal import iso, log_change
+
+
+def grant_data(g: Grant) -> dict[str, Any]:
+    return {
+        "id": g.id,
+        "resource_id": g.resource_id,
+        "cidr": g.cidr,
+        "source": g.source,
+        "source_id": g.source_id,
+        "expires_at": iso(g.expires_at),
+    }
+
+
+async def _same_cidr_grants(s: AsyncSession, resource_id: int, cidr: str) -> int:
+    return (
+        await s.execute(
+            select(func.count()).select_from(Grant).where(
+                Grant.resource_id == resource_id, Grant.cidr == cidr
+            )
+        )
+    ).scalar_one()
+
+
+def _queue(s: AsyncSession, resource: Resource, action: str, cidr: str, description: str) -> None:
+    s.add(
+        AgentCommand(
+            agent_key_id=resource.agent_key_id,
+            resource_id=resource.id,
+            resource_name=resource.name,
+            script_dir=resource.script_dir or "",
+            action=action,
+            cidr=cidr,
+            description=description[:512],
+        )
+    )
+
+
+async def add_grant(
+    s: AsyncSession,
+    resource: Resource,
+    cidr: str,
+    source: str,
+    source_id: int,
+    expires_at: datetime | None,
+    description: str,
+) -> Grant:
+    first = resource.type == "script" and await _same_cidr_grants(s, resource.id, cidr) == 0
+    g = Grant(resource_id=resource.id, cidr=cidr, source=source, source_id=source_id, expires_at=expires_at)
+    s.add(g)
+    await s.flush()
+    await log_change(s, "grant.add", grant_data(g))
+    if first:
+        _queue(s, resource, "apply", cidr, description)
+    return g
+
+
+async def remove_grant(
+    s: AsyncSession, g: Grant, resource: Resource, reason: str, description: str
+) -> None:
+    await s.delete(g)
+    await s.flush()
+    await log_change(s, "grant.remove", {"id": g.id, "resource_id": g.resource_id, "reason": reason})
+    if resource.type == "script" and await _same_cidr_grants(s, resource.id, g.cidr) == 0:
+        _queue(s, resource, "revoke", g.cidr, description)
+
+
+async def remove_source_grants(
+    s: AsyncSession, source: str, source_id: int, reason: str, description: str
+) -> int:
+    rows = (
+        await s.execute(
+            select(Grant, Resource)
+            .join(Resource, Resource.id == Grant.resource_id)
+            .where(Grant.source == source, Grant.source_id == source_id)
+            .order_by(Grant.id)
+        )
+    ).all()
+    for g, r in rows:
+        await remove_grant(s, g, r, reason, description)
+    return len(rows)
+
+
+async def user_resources(s: AsyncSession, user_id: int) -> list[Resource]:
+    return list(
+        (
+            await s.execute(
+                select(Resource)
+                .join(RoleResource, RoleResource.resource_id == Resource.id)
+                .join(RoleUser, RoleUser.role_id == RoleResource.role_id)
+                .where(RoleUser.user_id == user_id)
+                .distinct()
+                .order_by(Resource.name)
+            )
+        ).scalars().all()
+    )
+
+
+def session_cidr(ip: str) -> str:
+    return f"{ip}/128" if ":" in ip else f"{ip}/32"
+
+
+def session_description(session: Session, user: User) -> str:
+    return f"session {session.id} {user.email}"
+
+
+async def reconcile_session(s: AsyncSession, session: Session, user: User, reason: str) -> tuple[int, int]:
+    """Make the session's grants match the user's current roles; returns (added, removed)."""
+    wanted = {r.id: r for r in ([] if user.disabled_at else await user_resources(s, user.id))}
+    have = (
+        await s.execute(
+            select(Grant, Resource)
+            .join(Resource, Resource.id == Grant.resource_id)
+            .where(Grant.source == "session", Grant.source_id == session.id)
+        )
+    ).all()
+    desc = session_description(session, user)
+    removed = 0
+    held: set[int] = set()
+    for g, r in have:
+        if r.id in wanted:
+            held.add(r.id)
+        else:
+            await remove_grant(s, g, r, reason, desc)
+            removed += 1
+    added = 0
+    for rid, r in wanted.items():
+        if rid not in held:
+            await add_grant(s, r, session_cidr(session.ip), "session", session.id, session.expires_at, desc)
+            added += 1
+    return added, removed
+
+
+async def reconcile_users(s: AsyncSession, user_ids: list[int], reason: str) -> None:
+    """Re-evaluate the live sessions of these users after a role or resource change."""
+    if not user_ids:
+        return
+    rows = (
+        await s.execute(
+            select(Session, User)
+            .join(User, User.id == Session.user_id)
+            .where(Session.ended_at.is_(None), Session.user_id.in_(user_ids))
+        )
+    ).all()
+    for sess, user in rows:
+        await reconcile_session(s, sess, user, reason)

@@ -1,0 +1,124 @@
+"""The audit trail (append-only, hash-chained) and the change log edges follow.
+
+Both are written inside the caller's serialised write transaction (``Database.write``),
+so an access change, its audit event and its change-log row commit together or not at all.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from entryguard.control.db.models import AuditEvent, Change, utcnow
+
+GENESIS = "0" * 64
+
+
+def _canonical(ev: AuditEvent) -> bytes:
+    body = {
+        "ts": ev.ts.isoformat(timespec="microseconds"),
+        "actor": ev.actor,
+        "action": ev.action,
+        "target": ev.target,
+        "ip": ev.ip,
+        "details": ev.details,
+        "org_id": ev.org_id,
+    }
+    return json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+
+
+def chain_hash(prev_hash: str, ev: AuditEvent) -> str:
+    return hashlib.sha256(prev_hash.encode() + b"\n" + _canonical(ev)).hexdigest()
+
+
+async def audit(
+    s: AsyncSession,
+    actor: str,
+    action: str,
+    target: str = "",
+    *,
+    details: dict[str, Any] | None = None,
+    ip: str | None = None,
+    org_id: int | None = None,
+) -> AuditEvent:
+    prev = (
+        await s.execute(select(AuditEvent.hash).order_by(AuditEvent.id.desc()).limit(1))
+    ).scalar_one_or_none() or GENESIS
+    ts = utcnow()
+    ev = AuditEvent(
+        ts=ts,
+        org_id=org_id,
+        actor=actor[:254],
+        action=action,
+        target=target[:512],
+        ip=ip,
+        details=json.dumps(details or {}, sort_keys=True, default=str),
+        prev_hash=prev,
+        hash="",
+    )
+    ev.hash = chain_hash(prev, ev)
+    s.add(ev)
+    await s.flush()
+    return ev
+
+
+@dataclass(frozen=True)
+class ChainCheck:
+    ok: bool
+    checked: int
+    bad_id: int | None
+    message: str
+
+
+async def verify_chain(s: AsyncSession, batch: int = 2000) -> ChainCheck:
+    prev = GENESIS
+    checked = 0
+    last_id = 0
+    while True:
+        rows = (
+            await s.execute(
+                select(AuditEvent).where(AuditEvent.id > last_id).order_by(AuditEvent.id).limit(batch)
+            )
+        ).scalars().all()
+        if not rows:
+            break
+        for ev in rows:
+            if ev.prev_hash != prev:
+                return ChainCheck(
+                    False, checked, ev.id,
+                    f"audit event {ev.id}: chain broken before it (an earlier event was deleted or altered)",
+                )
+            if chain_hash(prev, ev) != ev.hash:
+                return ChainCheck(
+                    False, checked, ev.id, f"audit event {ev.id} was altered: its hash does not match"
+                )
+            prev = ev.hash
+            checked += 1
+            last_id = ev.id
+    return ChainCheck(True, checked, None, f"audit chain intact ({checked} events)")
+
+
+async def log_change(s: AsyncSession, op: str, data: dict[str, Any]) -> int:
+    ch = Change(op=op, data=json.dumps(data, sort_keys=True, default=_json_default))
+    s.add(ch)
+    await s.flush()
+    s.info["changed"] = True  # the caller notifies followers after commit
+    return ch.revision
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, datetime):
+        return iso(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def iso(dt: datetime | None) -> str | None:
+    if dt is None:
+        return None
+    return dt.isoformat(timespec="milliseconds").replace("+00:00", "Z")

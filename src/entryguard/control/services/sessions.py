@@ -1,0 +1,122 @@
+"""Sessions: start (replacing the active one), stop, expire."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from entryguard.control.db.models import Role, RoleUser, Session, User, utcnow
+from entryguard.control.errors import NotFound
+from entryguard.control.services.grants import (
+    reconcile_session,
+    remove_source_grants,
+    session_description,
+    user_resources,
+)
+from entryguard.control.services.journal import audit
+from entryguard.control.settings import Settings
+
+
+async def max_duration_for(s: AsyncSession, user: User, settings: Settings) -> int:
+    """The most restrictive maximum of the user's roles (as Teleport's max_session_ttl)."""
+    value = (
+        await s.execute(
+            select(func.min(Role.max_duration_seconds))
+            .join(RoleUser, RoleUser.role_id == Role.id)
+            .where(RoleUser.user_id == user.id)
+        )
+    ).scalar_one_or_none()
+    return int(value) if value else settings.default_max_duration_seconds
+
+
+async def active_session(s: AsyncSession, user_id: int) -> Session | None:
+    return (
+        await s.execute(
+            select(Session).where(Session.user_id == user_id, Session.ended_at.is_(None))
+        )
+    ).scalar_one_or_none()
+
+
+async def end_session(
+    s: AsyncSession, sess: Session, user: User, reason: str, actor: str, ip: str | None = None
+) -> None:
+    sess.ended_at = utcnow()
+    sess.end_reason = reason
+    await s.flush()
+    n = await remove_source_grants(s, "session", sess.id, reason, session_description(sess, user))
+    action = "session.expire" if reason == "expired" else "session.stop"
+    await audit(
+        s, actor, action, f"session {sess.id}",
+        details={"user": user.email, "ip": sess.ip, "reason": reason, "grants_removed": n},
+        ip=ip, org_id=user.org_id,
+    )
+
+
+async def start_session(
+    s: AsyncSession, user: User, ip: str, requested_seconds: int, settings: Settings
+) -> dict[str, Any]:
+    cap = await max_duration_for(s, user, settings)
+    seconds = min(requested_seconds, cap)
+    old = await active_session(s, user.id)
+    if old is not None:
+        await end_session(s, old, user, "replaced", user.email, ip)
+    now = utcnow()
+    sess = Session(user_id=user.id, ip=ip, started_at=now, expires_at=now + timedelta(seconds=seconds))
+    s.add(sess)
+    await s.flush()
+    added, _ = await reconcile_session(s, sess, user, "session_started")
+    await audit(
+        s, user.email, "session.start", f"session {sess.id}",
+        details={"ip": ip, "seconds": seconds, "requested_seconds": requested_seconds,
+                 "capped": seconds < requested_seconds, "grants_added": added},
+        ip=ip, org_id=user.org_id,
+    )
+    return {
+        "session": sess,
+        "resources": await user_resources(s, user.id),
+        "capped": seconds < requested_seconds,
+        "requested_seconds": requested_seconds,
+        "max_duration_seconds": cap,
+    }
+
+
+async def stop_session(s: AsyncSession, user: User, ip: str | None) -> Session:
+    sess = await active_session(s, user.id)
+    if sess is None:
+        raise NotFound("you have no active session: start one with `eg session start`",
+                       code="no_active_session")
+    await end_session(s, sess, user, "stopped", user.email, ip)
+    return sess
+
+
+async def due_sessions(s: AsyncSession, limit: int = 200, *, lock: bool = False) -> list[tuple[Session, User]]:
+    q = (
+        select(Session, User)
+        .join(User, User.id == Session.user_id)
+        .where(Session.ended_at.is_(None), Session.expires_at <= utcnow())
+        .order_by(Session.expires_at)
+        .limit(limit)
+    )
+    if lock:
+        # Several replicas may run the expiry job; each session is taken by one.
+        q = q.with_for_update(skip_locked=True, of=Session)
+    return [(a, b) for a, b in (await s.execute(q)).all()]
+
+
+async def any_due(s: AsyncSession) -> bool:
+    return (
+        await s.execute(
+            select(Session.id).where(Session.ended_at.is_(None), Session.expires_at <= utcnow()).limit(1)
+        )
+    ).first() is not None
+
+
+async def end_user_sessions(s: AsyncSession, user: User, reason: str, actor: str) -> None:
+    sess = await active_session(s, user.id)
+    if sess is not None:
+        await end_session(s, sess, user, reason, actor)
+
+

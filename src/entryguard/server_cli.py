@@ -1,0 +1,229 @@
+"""`entryguard`: run the control plane (`server`), everything on one machine (`up`), the
+edge alone (`edge`), migrations (`db upgrade`) and edge tokens (`edge-token create`)."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from entryguard import __version__
+from entryguard.control.db.database import Database, sqlite_url_for
+from entryguard.control.settings import PortRange, Settings
+from entryguard.net import CidrError, parse_cidr
+
+app = typer.Typer(help="EntryGuard: just-in-time, time-bounded network access.", no_args_is_help=True,
+                  pretty_exceptions_enable=False, add_completion=False)
+db_app = typer.Typer(help="Database maintenance.", no_args_is_help=True)
+token_app = typer.Typer(help="Edge tokens (how an edge authenticates to the control plane).", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+app.add_typer(token_app, name="edge-token")
+out = Console()
+err = Console(stderr=True)
+
+DataDir = Annotated[Path, typer.Option("--data-dir", envvar="EG_DATA_DIR", help="Data directory.")]
+DbUrl = Annotated[str | None, typer.Option("--database-url", envvar="EG_DATABASE_URL",
+                                           help="postgresql://… or sqlite:///…; default: SQLite in the data dir.")]
+
+
+def fail(message: str) -> None:
+    err.print(f"[red]error:[/red] {message}", highlight=False)
+    raise typer.Exit(1)
+
+
+def parse_listen(text: str, default_port: int) -> tuple[str, int]:
+    t = text.removeprefix("http://").removeprefix("https://").removeprefix("ws://").removeprefix("wss://")
+    host, sep, port = t.rpartition(":")
+    if not sep:
+        host, port = t, str(default_port)
+    host = host.strip("[]") or "127.0.0.1"
+    if not port.isdigit() or not (0 <= int(port) <= 65535):
+        fail(f"invalid listen address {text!r}: expected HOST:PORT, e.g. 127.0.0.1:8080")
+    return host, int(port)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def build_settings(data_dir: Path, database_url: str | None, public_host: str, tunnel_ports: str,
+                   trusted_proxies: list[str], secure: bool) -> Settings:
+    try:
+        ports = PortRange.parse(tunnel_ports)
+    except ValueError as exc:
+        fail(str(exc))
+    proxies = []
+    for p in trusted_proxies:
+        try:
+            proxies.append(parse_cidr(p))
+        except CidrError as exc:
+            fail(f"--trusted-proxy: {exc}")
+    return Settings(
+        database_url=database_url or sqlite_url_for(data_dir),
+        data_dir=data_dir,
+        public_host=public_host,
+        tunnel_ports=ports,
+        trusted_proxies=tuple(proxies),
+        secure_cookies=secure,
+    )
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+
+
+@app.command()
+def version() -> None:
+    """Print the version."""
+    out.print(f"entryguard {__version__}")
+
+
+@db_app.command("upgrade")
+def db_upgrade(data_dir: DataDir = Path(".entryguard"), database_url: DbUrl = None) -> None:
+    """Apply database migrations (safe to run repeatedly)."""
+    from entryguard.control.bootstrap import prepare_data_dir
+    from entryguard.control.db.migrate import upgrade
+
+    url = database_url or sqlite_url_for(data_dir)
+    if database_url is None:
+        prepare_data_dir(data_dir)
+    try:
+        upgrade(url)
+    except Exception as exc:  # surfaced as one line, e.g. connection refused
+        fail(f"migration failed: {exc}")
+    out.print("✓ database is up to date")
+
+
+@token_app.command("create")
+def edge_token_create(
+    name: Annotated[str, typer.Option("--name", help="A label for this edge.")] = "edge",
+    data_dir: DataDir = Path(".entryguard"),
+    database_url: DbUrl = None,
+) -> None:
+    """Create an edge token (printed once) for `entryguard edge --edge-token`."""
+    from entryguard.control.db.migrate import upgrade_async
+    from entryguard.control.errors import ApiError
+    from entryguard.control.services.apikeys import create_edge_token
+
+    url = database_url or sqlite_url_for(data_dir)
+    if database_url is None and not (data_dir / "entryguard.db").exists():
+        fail(f"no database in {data_dir}: run `entryguard up` or `entryguard db upgrade` first, "
+             "or pass --database-url")
+
+    async def run() -> str:
+        db = Database(url)
+        try:
+            await upgrade_async(url)
+            async with db.write() as s:
+                return await create_edge_token(s, name)
+        finally:
+            await db.dispose()
+
+    try:
+        token = asyncio.run(run())
+    except ApiError as exc:
+        fail(exc.message)
+    except Exception as exc:
+        fail(f"could not create the edge token: {exc}")
+    if sys.stdout.isatty():
+        out.print("Edge token (shown once, keep it secret):")
+    print(token)
+
+
+def _run_control(settings: Settings, host: str, port: int, tls: tuple[str, str] | None,
+                 log_level: str, with_edge: bool, edge_listen: str, banner: bool) -> None:
+    from entryguard.control.runner import run_control_plane
+
+    try:
+        asyncio.run(run_control_plane(settings, host, port, tls=tls, log_level=log_level,
+                                      with_edge=with_edge, edge_listen=edge_listen, banner=banner))
+    except KeyboardInterrupt:
+        pass
+    except OSError as exc:
+        fail(str(exc))
+
+
+def _tls_args(host: str, tls_cert: Path | None, tls_key: Path | None, self_signed: bool,
+              data_dir: Path, public_host: str) -> tuple[str, str] | None:
+    if self_signed:
+        from entryguard.control.tls import ensure_self_signed
+
+        cert, key = ensure_self_signed(data_dir, [public_host, host, "localhost", "127.0.0.1"])
+        return str(cert), str(key)
+    if bool(tls_cert) != bool(tls_key):
+        fail("give both --tls-cert and --tls-key")
+    if tls_cert and tls_key:
+        return str(tls_cert), str(tls_key)
+    if not is_loopback(host):
+        fail(f"listening on {host} (not loopback) needs TLS: pass --tls-cert and --tls-key, "
+             "or --tls-self-signed")
+    return None
+
+
+@app.command()
+def up(
+    data_dir: DataDir = Path(".entryguard"),
+    listen: Annotated[str, typer.Option(help="API + dashboard address.")] = "127.0.0.1:8080",
+    edge_listen: Annotated[str, typer.Option(help="Edge address (agent WebSocket, /health, /metrics).")] = "127.0.0.1:8081",
+    tunnel_ports: Annotated[str, typer.Option(help="Tunnel port range, FIRST-LAST.")] = "41000-41999",
+    public_host: Annotated[str, typer.Option(help="Host shown in connection strings.")] = "127.0.0.1",
+    database_url: DbUrl = None,
+    tls_cert: Annotated[Path | None, typer.Option(help="TLS certificate (PEM).")] = None,
+    tls_key: Annotated[Path | None, typer.Option(help="TLS private key (PEM).")] = None,
+    tls_self_signed: Annotated[bool, typer.Option(help="Generate a CA and certificate in the data dir.")] = False,
+    trusted_proxy: Annotated[list[str], typer.Option(help="CIDR of a proxy whose X-Forwarded-For is trusted (repeatable).")] = [],  # noqa: B006
+    log_level: Annotated[str, typer.Option(help="debug, info, warning")] = "info",
+) -> None:
+    """Run the control plane and the edge in one process (SQLite in the data dir by default)."""
+    from entryguard.control.bootstrap import prepare_data_dir
+
+    setup_logging(log_level)
+    prepare_data_dir(data_dir)
+    host, port = parse_listen(listen, 8080)
+    tls = _tls_args(host, tls_cert, tls_key, tls_self_signed, data_dir, public_host)
+    settings = build_settings(data_dir, database_url, public_host, tunnel_ports, trusted_proxy, tls is not None)
+    _run_control(settings, host, port, tls, log_level, True, edge_listen, True)
+
+
+@app.command()
+def server(
+    data_dir: DataDir = Path(".entryguard"),
+    listen: Annotated[str, typer.Option(help="API + dashboard address.")] = "127.0.0.1:8080",
+    tunnel_ports: Annotated[str, typer.Option(help="Tunnel port range, FIRST-LAST.")] = "41000-41999",
+    public_host: Annotated[str, typer.Option(help="Host shown in connection strings.")] = "127.0.0.1",
+    database_url: DbUrl = None,
+    tls_cert: Annotated[Path | None, typer.Option(help="TLS certificate (PEM).")] = None,
+    tls_key: Annotated[Path | None, typer.Option(help="TLS private key (PEM).")] = None,
+    tls_self_signed: Annotated[bool, typer.Option(help="Generate a CA and certificate in the data dir.")] = False,
+    trusted_proxy: Annotated[list[str], typer.Option(help="CIDR of a proxy whose X-Forwarded-For is trusted (repeatable).")] = [],  # noqa: B006
+    log_level: Annotated[str, typer.Option(help="debug, info, warning")] = "info",
+) -> None:
+    """Run the control plane only (REST API, dashboard, background jobs)."""
+    from entryguard.control.bootstrap import prepare_data_dir
+
+    setup_logging(log_level)
+    if database_url is None:
+        prepare_data_dir(data_dir)
+    host, port = parse_listen(listen, 8080)
+    tls = _tls_args(host, tls_cert, tls_key, tls_self_signed, data_dir, public_host)
+    settings = build_settings(data_dir, database_url, public_host, tunnel_ports, trusted_proxy, tls is not None)
+    _run_control(settings, host, port, tls, log_level, False, "", False)
+
+
+def main() -> None:
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    app()
