@@ -11,6 +11,7 @@ from entryguard.control.api.deps import principal as get_principal
 from entryguard.control.api.schemas import LoginIn
 from entryguard.control.auth.principal import Principal
 from entryguard.control.db.models import LoginToken, Organization, utcnow
+from entryguard.control.errors import Unauthorized
 from entryguard.control.services import users
 from entryguard.control.services.journal import audit, iso
 from entryguard.control.services.views import user_view
@@ -22,9 +23,12 @@ router = APIRouter(prefix="/auth", tags=["auth"])
 async def login(body: LoginIn, request: Request) -> dict[str, Any]:
     c = ctx(request)
     async with c.db.write() as s:
-        secret, tok, user = await users.login(s, body.email, body.password, client_ip(request),
-                                              c.settings.login_ttl_seconds)
-        return {"token": secret, "expires_at": iso(tok.expires_at), "user": user_view(user)}
+        result = await users.login(s, body.email, body.password, client_ip(request),
+                                   c.settings.login_ttl_seconds)
+    if result is None:
+        raise Unauthorized("wrong email or password", code="invalid_credentials")
+    secret, tok, user = result
+    return {"token": secret, "expires_at": iso(tok.expires_at), "user": user_view(user)}
 
 
 @router.post("/logout", status_code=204)

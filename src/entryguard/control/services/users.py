@@ -15,7 +15,7 @@ from entryguard.control.auth.secrets import (
     verify_password,
 )
 from entryguard.control.db.models import LoginToken, Organization, User, utcnow
-from entryguard.control.errors import BadRequest, Conflict, NotFound, Unauthorized
+from entryguard.control.errors import BadRequest, Conflict, NotFound
 from entryguard.control.services.journal import audit
 from entryguard.control.services.sessions import end_user_sessions
 from entryguard.control.services.validation import check_email
@@ -64,13 +64,14 @@ async def disable_user(s: AsyncSession, email: str, actor: str) -> User:
 
 async def login(
     s: AsyncSession, email: str, password: str, ip: str, ttl_seconds: int
-) -> tuple[str, LoginToken, User]:
+) -> tuple[str, LoginToken, User] | None:
+    """None for a failed login, which is audited: the caller commits, then refuses."""
     u = (await s.execute(select(User).where(User.email == email.strip().lower()))).scalar_one_or_none()
     ok = verify_password(u.password_hash if u else None, password)
     if u is None or not ok or u.disabled_at is not None:
         await audit(s, email[:254], "auth.login_failed", email[:254], ip=ip,
                     details={"reason": "disabled" if (u and ok) else "bad_credentials"})
-        raise Unauthorized("wrong email or password", code="invalid_credentials")
+        return None
     sec = new_secret("egs")
     tok = LoginToken(user_id=u.id, prefix=sec.prefix, token_hash=sec.digest,
                      expires_at=utcnow() + timedelta(seconds=ttl_seconds))
