@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import socket
 from pathlib import Path
 
 import uvicorn
@@ -41,6 +42,26 @@ async def local_edge_token(db: Database, data_dir: Path) -> str:
     return token
 
 
+class ListenError(OSError):
+    """A listening address could not be bound; the message says what to do."""
+
+
+def bind_socket(host: str, port: int, flag: str) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+        sock.listen(1024)
+    except OSError as exc:
+        sock.close()
+        reason = exc.strerror or str(exc)
+        raise ListenError(f"cannot listen on {host}:{port}: {reason.lower()} "
+                          f"(is another EntryGuard running? choose another address with {flag})") from exc
+    sock.setblocking(False)
+    return sock
+
+
 def print_banner(first: FirstAdmin | None, api_url: str, edge_url: str | None, settings: Settings) -> None:
     c = Console(highlight=False, soft_wrap=True)
     c.print(f"[bold green]✓ EntryGuard is running[/bold green]  (data in {settings.data_dir})")
@@ -69,6 +90,9 @@ async def run_control_plane(
     settings: Settings, host: str, port: int, *, tls: tuple[str, str] | None, log_level: str,
     with_edge: bool, edge_listen: str, banner: bool,
 ) -> None:
+    # Bind first: a taken port must fail before a first start creates (and would
+    # never show) the admin's generated password.
+    sock = bind_socket(host, port, "--listen")
     db = Database(settings.database_url)
     first = await migrate_and_bootstrap(db, settings.database_url)
     app = create_app(settings, db)
@@ -83,13 +107,13 @@ async def run_control_plane(
     )
     server = uvicorn.Server(config)
     tasks: list[asyncio.Task[None]] = []
-    serve = asyncio.create_task(server.serve(), name="control-plane")
+    serve = asyncio.create_task(server.serve(sockets=[sock]), name="control-plane")
     while not server.started:
         if serve.done():
             await serve  # raises the bind error
             raise SystemExit(1)
         await asyncio.sleep(0.02)
-    api_url = f"{scheme}://{shown_host}:{server.servers[0].sockets[0].getsockname()[1] if port == 0 else port}"
+    api_url = f"{scheme}://{shown_host}:{sock.getsockname()[1]}"
     edge_url = None
     if with_edge:
         token = await local_edge_token(db, settings.data_dir)
