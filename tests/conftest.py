@@ -100,8 +100,9 @@ class ControlPlane:
     def start(self) -> None:
         assert self.log_path is not None
         log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the process
-        self.proc = subprocess.Popen(self.args, env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                                     cwd=self.data_dir.parent)
+        self.proc = subprocess.Popen(
+            self.args, env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=self.data_dir.parent
+        )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -131,28 +132,53 @@ class ControlPlane:
         return self.log_path.read_text() if self.log_path else ""
 
     def login_token(self, email: str | None = None, password: str | None = None) -> str:
-        r = httpx.post(f"{self.url}/api/v1/auth/login",
-                       json={"email": email or self.admin_email, "password": password or self.admin_password})
+        r = httpx.post(
+            f"{self.url}/api/v1/auth/login",
+            json={"email": email or self.admin_email, "password": password or self.admin_password},
+        )
         r.raise_for_status()
         return str(r.json()["token"])
 
 
-def make_control_plane(tmp: Path, database_url: str | None, *, ports: int = 20, command: str = "up") -> ControlPlane:
+def make_control_plane(
+    tmp: Path, database_url: str | None, *, ports: int = 20, command: str = "up"
+) -> ControlPlane:
     data_dir = tmp / "data"
     api_port, edge_port = free_port(), free_port()
     first, last = free_port_range(ports)
     password = "admin-" + secrets.token_hex(8)
-    env = {**os.environ, "EG_ADMIN_EMAIL": "admin@example.com", "EG_ADMIN_PASSWORD": password,
-           "PYTHONUNBUFFERED": "1"}
-    args = [str(BIN / "entryguard"), command, "--data-dir", str(data_dir), "--listen", f"127.0.0.1:{api_port}",
-            "--tunnel-ports", f"{first}-{last}"]
+    env = {
+        **os.environ,
+        "EG_ADMIN_EMAIL": "admin@example.com",
+        "EG_ADMIN_PASSWORD": password,
+        "PYTHONUNBUFFERED": "1",
+    }
+    args = [
+        str(BIN / "entryguard"),
+        command,
+        "--data-dir",
+        str(data_dir),
+        "--listen",
+        f"127.0.0.1:{api_port}",
+        "--tunnel-ports",
+        f"{first}-{last}",
+    ]
     if command == "up":
         args += ["--edge-listen", f"127.0.0.1:{edge_port}"]
     if database_url:
         args += ["--database-url", database_url]
-    cp = ControlPlane(url=f"http://127.0.0.1:{api_port}", admin_email="admin@example.com", admin_password=password,
-                      data_dir=data_dir, database_url=database_url, edge_url=f"ws://127.0.0.1:{edge_port}",
-                      tunnel_ports=(first, last), args=args, env=env, log_path=tmp / "entryguard.log")
+    cp = ControlPlane(
+        url=f"http://127.0.0.1:{api_port}",
+        admin_email="admin@example.com",
+        admin_password=password,
+        data_dir=data_dir,
+        database_url=database_url,
+        edge_url=f"ws://127.0.0.1:{edge_port}",
+        tunnel_ports=(first, last),
+        args=args,
+        env=env,
+        log_path=tmp / "entryguard.log",
+    )
     return cp
 
 

@@ -25,6 +25,8 @@ def parse_duration(text: str | int, *, bare_unit: str = "h") -> int:
     hint = "use a positive duration like 4 (hours), 90s, 30m, 2h or 1h30m"
     if not raw:
         raise DurationError(f"empty duration: {hint}")
+    if not raw.isascii():
+        raise DurationError(f"invalid duration {text!r}: {hint}")
     if raw.isdigit():
         if len(raw) > 7:
             raise DurationError(f"duration {text!r} is too long: {hint}")
@@ -51,7 +53,7 @@ def parse_duration(text: str | int, *, bare_unit: str = "h") -> int:
 
 def format_duration(seconds: float) -> str:
     """``4h 0m``, ``1h 30m``, ``5m 3s``, ``42s`` — the shape ``eg`` prints."""
-    s = max(0, int(round(seconds)))
+    s = max(0, round(seconds))
     d, s = divmod(s, 86400)
     h, s = divmod(s, 3600)
     m, s = divmod(s, 60)

@@ -19,18 +19,30 @@ from entryguard.control.db.database import Database, sqlite_url_for
 from entryguard.control.settings import PortRange, Settings
 from entryguard.net import CidrError, parse_cidr
 
-app = typer.Typer(help="EntryGuard: just-in-time, time-bounded network access.", no_args_is_help=True,
-                  pretty_exceptions_enable=False, add_completion=False)
+app = typer.Typer(
+    help="EntryGuard: just-in-time, time-bounded network access.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
 db_app = typer.Typer(help="Database maintenance.", no_args_is_help=True)
-token_app = typer.Typer(help="Edge tokens (how an edge authenticates to the control plane).", no_args_is_help=True)
+token_app = typer.Typer(
+    help="Edge tokens (how an edge authenticates to the control plane).", no_args_is_help=True
+)
 app.add_typer(db_app, name="db")
 app.add_typer(token_app, name="edge-token")
 out = Console()
 err = Console(stderr=True)
 
 DataDir = Annotated[Path, typer.Option("--data-dir", envvar="EG_DATA_DIR", help="Data directory.")]
-DbUrl = Annotated[str | None, typer.Option("--database-url", envvar="EG_DATABASE_URL",
-                                           help="postgresql://… or sqlite:///…; default: SQLite in the data dir.")]
+DbUrl = Annotated[
+    str | None,
+    typer.Option(
+        "--database-url",
+        envvar="EG_DATABASE_URL",
+        help="postgresql://… or sqlite:///…; default: SQLite in the data dir.",
+    ),
+]
 
 
 def fail(message: str) -> None:
@@ -39,7 +51,12 @@ def fail(message: str) -> None:
 
 
 def parse_listen(text: str, default_port: int) -> tuple[str, int]:
-    t = text.removeprefix("http://").removeprefix("https://").removeprefix("ws://").removeprefix("wss://")
+    t = (
+        text.removeprefix("http://")
+        .removeprefix("https://")
+        .removeprefix("ws://")
+        .removeprefix("wss://")
+    )
     host, sep, port = t.rpartition(":")
     if not sep:
         host, port = t, str(default_port)
@@ -58,8 +75,14 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def build_settings(data_dir: Path, database_url: str | None, public_host: str, tunnel_ports: str,
-                   trusted_proxies: list[str], secure: bool) -> Settings:
+def build_settings(
+    data_dir: Path,
+    database_url: str | None,
+    public_host: str,
+    tunnel_ports: str,
+    trusted_proxies: list[str],
+    secure: bool,
+) -> Settings:
     try:
         ports = PortRange.parse(tunnel_ports)
     except ValueError as exc:
@@ -81,8 +104,10 @@ def build_settings(data_dir: Path, database_url: str | None, public_host: str, t
 
 
 def setup_logging(level: str) -> None:
-    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
@@ -121,8 +146,10 @@ def edge_token_create(
 
     url = database_url or sqlite_url_for(data_dir)
     if database_url is None and not (data_dir / "entryguard.db").exists():
-        fail(f"no database in {data_dir}: run `entryguard up` or `entryguard db upgrade` first, "
-             "or pass --database-url")
+        fail(
+            f"no database in {data_dir}: run `entryguard up` or `entryguard db upgrade` first, "
+            "or pass --database-url"
+        )
 
     async def run() -> str:
         db = Database(url)
@@ -144,21 +171,45 @@ def edge_token_create(
     print(token)
 
 
-def _run_control(settings: Settings, host: str, port: int, tls: tuple[str, str] | None,
-                 log_level: str, with_edge: bool, edge_listen: str, banner: bool) -> None:
+def _run_control(
+    settings: Settings,
+    host: str,
+    port: int,
+    tls: tuple[str, str] | None,
+    log_level: str,
+    with_edge: bool,
+    edge_listen: str,
+    banner: bool,
+) -> None:
     from entryguard.control.runner import run_control_plane
 
     try:
-        asyncio.run(run_control_plane(settings, host, port, tls=tls, log_level=log_level,
-                                      with_edge=with_edge, edge_listen=edge_listen, banner=banner))
+        asyncio.run(
+            run_control_plane(
+                settings,
+                host,
+                port,
+                tls=tls,
+                log_level=log_level,
+                with_edge=with_edge,
+                edge_listen=edge_listen,
+                banner=banner,
+            )
+        )
     except KeyboardInterrupt:
         pass
     except OSError as exc:
         fail(str(exc))
 
 
-def _tls_args(host: str, tls_cert: Path | None, tls_key: Path | None, self_signed: bool,
-              data_dir: Path, public_host: str) -> tuple[str, str] | None:
+def _tls_args(
+    host: str,
+    tls_cert: Path | None,
+    tls_key: Path | None,
+    self_signed: bool,
+    data_dir: Path,
+    public_host: str,
+) -> tuple[str, str] | None:
     if self_signed:
         from entryguard.control.tls import ensure_self_signed
 
@@ -169,8 +220,10 @@ def _tls_args(host: str, tls_cert: Path | None, tls_key: Path | None, self_signe
     if tls_cert and tls_key:
         return str(tls_cert), str(tls_key)
     if not is_loopback(host):
-        fail(f"listening on {host} (not loopback) needs TLS: pass --tls-cert and --tls-key, "
-             "or --tls-self-signed")
+        fail(
+            f"listening on {host} (not loopback) needs TLS: pass --tls-cert and --tls-key, "
+            "or --tls-self-signed"
+        )
     return None
 
 
@@ -178,14 +231,25 @@ def _tls_args(host: str, tls_cert: Path | None, tls_key: Path | None, self_signe
 def up(
     data_dir: DataDir = Path(".entryguard"),
     listen: Annotated[str, typer.Option(help="API + dashboard address.")] = "127.0.0.1:8080",
-    edge_listen: Annotated[str, typer.Option(help="Edge address (agent WebSocket, /health, /metrics).")] = "127.0.0.1:8081",
-    tunnel_ports: Annotated[str, typer.Option(help="Tunnel port range, FIRST-LAST.")] = "41000-41999",
-    public_host: Annotated[str, typer.Option(help="Host shown in connection strings.")] = "127.0.0.1",
+    edge_listen: Annotated[
+        str, typer.Option(help="Edge address (agent WebSocket, /health, /metrics).")
+    ] = "127.0.0.1:8081",
+    tunnel_ports: Annotated[
+        str, typer.Option(help="Tunnel port range, FIRST-LAST.")
+    ] = "41000-41999",
+    public_host: Annotated[
+        str, typer.Option(help="Host shown in connection strings.")
+    ] = "127.0.0.1",
     database_url: DbUrl = None,
     tls_cert: Annotated[Path | None, typer.Option(help="TLS certificate (PEM).")] = None,
     tls_key: Annotated[Path | None, typer.Option(help="TLS private key (PEM).")] = None,
-    tls_self_signed: Annotated[bool, typer.Option(help="Generate a CA and certificate in the data dir.")] = False,
-    trusted_proxy: Annotated[list[str], typer.Option(help="CIDR of a proxy whose X-Forwarded-For is trusted (repeatable).")] = [],  # noqa: B006
+    tls_self_signed: Annotated[
+        bool, typer.Option(help="Generate a CA and certificate in the data dir.")
+    ] = False,
+    trusted_proxy: Annotated[
+        list[str],
+        typer.Option(help="CIDR of a proxy whose X-Forwarded-For is trusted (repeatable)."),
+    ] = [],  # noqa: B006
     log_level: Annotated[str, typer.Option(help="debug, info, warning")] = "info",
 ) -> None:
     """Run the control plane and the edge in one process (SQLite in the data dir by default)."""
@@ -195,7 +259,9 @@ def up(
     prepare_data_dir(data_dir)
     host, port = parse_listen(listen, 8080)
     tls = _tls_args(host, tls_cert, tls_key, tls_self_signed, data_dir, public_host)
-    settings = build_settings(data_dir, database_url, public_host, tunnel_ports, trusted_proxy, tls is not None)
+    settings = build_settings(
+        data_dir, database_url, public_host, tunnel_ports, trusted_proxy, tls is not None
+    )
     _run_control(settings, host, port, tls, log_level, True, edge_listen, True)
 
 
@@ -203,13 +269,22 @@ def up(
 def server(
     data_dir: DataDir = Path(".entryguard"),
     listen: Annotated[str, typer.Option(help="API + dashboard address.")] = "127.0.0.1:8080",
-    tunnel_ports: Annotated[str, typer.Option(help="Tunnel port range, FIRST-LAST.")] = "41000-41999",
-    public_host: Annotated[str, typer.Option(help="Host shown in connection strings.")] = "127.0.0.1",
+    tunnel_ports: Annotated[
+        str, typer.Option(help="Tunnel port range, FIRST-LAST.")
+    ] = "41000-41999",
+    public_host: Annotated[
+        str, typer.Option(help="Host shown in connection strings.")
+    ] = "127.0.0.1",
     database_url: DbUrl = None,
     tls_cert: Annotated[Path | None, typer.Option(help="TLS certificate (PEM).")] = None,
     tls_key: Annotated[Path | None, typer.Option(help="TLS private key (PEM).")] = None,
-    tls_self_signed: Annotated[bool, typer.Option(help="Generate a CA and certificate in the data dir.")] = False,
-    trusted_proxy: Annotated[list[str], typer.Option(help="CIDR of a proxy whose X-Forwarded-For is trusted (repeatable).")] = [],  # noqa: B006
+    tls_self_signed: Annotated[
+        bool, typer.Option(help="Generate a CA and certificate in the data dir.")
+    ] = False,
+    trusted_proxy: Annotated[
+        list[str],
+        typer.Option(help="CIDR of a proxy whose X-Forwarded-For is trusted (repeatable)."),
+    ] = [],  # noqa: B006
     log_level: Annotated[str, typer.Option(help="debug, info, warning")] = "info",
 ) -> None:
     """Run the control plane only (REST API, dashboard, background jobs)."""
@@ -220,8 +295,86 @@ def server(
         prepare_data_dir(data_dir)
     host, port = parse_listen(listen, 8080)
     tls = _tls_args(host, tls_cert, tls_key, tls_self_signed, data_dir, public_host)
-    settings = build_settings(data_dir, database_url, public_host, tunnel_ports, trusted_proxy, tls is not None)
+    settings = build_settings(
+        data_dir, database_url, public_host, tunnel_ports, trusted_proxy, tls is not None
+    )
     _run_control(settings, host, port, tls, log_level, False, "", False)
+
+
+@app.command()
+def edge(
+    control_url: Annotated[
+        str,
+        typer.Option(
+            envvar="EG_CONTROL_URL", help="The control plane, e.g. https://entryguard.example.com"
+        ),
+    ],
+    edge_token: Annotated[
+        str,
+        typer.Option(
+            envvar="EG_EDGE_TOKEN", help="From `entryguard edge-token create` on the control plane."
+        ),
+    ],
+    listen: Annotated[
+        str, typer.Option(help="Agent WebSocket, /health and /metrics address.")
+    ] = "127.0.0.1:8081",
+    tunnel_host: Annotated[
+        str | None,
+        typer.Option(help="Address tunnel ports listen on (default: the --listen host)."),
+    ] = None,
+    ca_file: Annotated[
+        Path | None,
+        typer.Option(envvar="EG_CA_FILE", help="CA to trust for an https control plane."),
+    ] = None,
+    tls_cert: Annotated[Path | None, typer.Option(help="TLS certificate (PEM) for wss://.")] = None,
+    tls_key: Annotated[Path | None, typer.Option(help="TLS private key (PEM).")] = None,
+    log_level: Annotated[str, typer.Option(help="debug, info, warning")] = "info",
+) -> None:
+    """Run an edge: tunnel ports and the agents' WebSocket endpoint; holds no database credentials."""
+    import ssl
+
+    from entryguard.control.runner import ListenError, bind_socket
+    from entryguard.edge.service import Edge
+
+    setup_logging(log_level)
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    host, port = parse_listen(listen, 8081)
+    if bool(tls_cert) != bool(tls_key):
+        fail("give both --tls-cert and --tls-key")
+    if not tls_cert and not is_loopback(host):
+        fail(
+            f"listening on {host} (not loopback) needs TLS for the agents' WebSocket: pass --tls-cert and --tls-key"
+        )
+    if not control_url.startswith(("http://", "https://")):
+        fail("--control-url must start with http:// or https://")
+
+    async def run() -> None:
+        ssl_ctx = None
+        if tls_cert and tls_key:
+            ssl_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            ssl_ctx.load_cert_chain(str(tls_cert), str(tls_key))
+        verify: ssl.SSLContext | bool = (
+            ssl.create_default_context(cafile=str(ca_file)) if ca_file else True
+        )
+        sock = bind_socket(host, port, "--listen")
+        e = Edge(control_url, edge_token, tunnel_host=tunnel_host or host, verify=verify)
+        await e.start(host, port, ssl_context=ssl_ctx, sock=sock)
+        out.print(
+            f"✓ edge listening on {'wss' if ssl_ctx else 'ws'}://{host}:{sock.getsockname()[1]} "
+            f"(following {control_url})",
+            highlight=False,
+        )
+        try:
+            await asyncio.Future()
+        finally:
+            await e.close()
+
+    try:
+        asyncio.run(run())
+    except KeyboardInterrupt:
+        pass
+    except ListenError as exc:
+        fail(str(exc))
 
 
 def main() -> None:

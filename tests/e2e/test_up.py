@@ -10,15 +10,27 @@ from pathlib import Path
 
 import httpx
 
-from tests.conftest import BIN, free_port, free_port_range, make_control_plane
+from tests.conftest import BIN, free_port, make_control_plane
 
 
 def test_first_start_prints_admin_and_next_steps(tmp_path: Path) -> None:
     port, edge = free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("EG_")}
-    proc = subprocess.Popen([str(BIN / "entryguard"), "up", "--listen", f"127.0.0.1:{port}",
-                             "--edge-listen", f"127.0.0.1:{edge}"], cwd=tmp_path, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [
+            str(BIN / "entryguard"),
+            "up",
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--edge-listen",
+            f"127.0.0.1:{edge}",
+        ],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         lines: list[str] = []
         deadline = time.monotonic() + 30
@@ -36,8 +48,10 @@ def test_first_start_prints_admin_and_next_steps(tmp_path: Path) -> None:
         assert "eg login" in text and f"http://127.0.0.1:{port}" in text
         assert (tmp_path / ".entryguard" / "entryguard.db").exists()
         assert oct((tmp_path / ".entryguard").stat().st_mode & 0o777) == "0o700"
-        r = httpx.post(f"http://127.0.0.1:{port}/api/v1/auth/login",
-                       json={"email": "admin@localhost", "password": password})
+        r = httpx.post(
+            f"http://127.0.0.1:{port}/api/v1/auth/login",
+            json={"email": "admin@localhost", "password": password},
+        )
         assert r.status_code == 200
     finally:
         proc.terminate()
@@ -48,8 +62,14 @@ def test_first_start_prints_admin_and_next_steps(tmp_path: Path) -> None:
         held.bind(("127.0.0.1", 0))
         held.listen()
         taken = held.getsockname()[1]
-        out = subprocess.run([str(BIN / "entryguard"), "up", "--listen", f"127.0.0.1:{taken}"], cwd=tmp_path,
-                             env=env, capture_output=True, text=True, timeout=30)
+        out = subprocess.run(
+            [str(BIN / "entryguard"), "up", "--listen", f"127.0.0.1:{taken}"],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
     assert out.returncode == 1
     assert "password" not in out.stdout
     assert f"cannot listen on 127.0.0.1:{taken}" in out.stderr and "Traceback" not in out.stderr
@@ -62,24 +82,51 @@ def test_restart_keeps_ports_and_sessions(tmp_path: Path) -> None:
         tok = cp.login_token()
         h = {"Authorization": f"Bearer {tok}"}
         api = f"{cp.url}/api/v1"
-        httpx.post(f"{api}/admin/apikeys", json={"name": "a", "scopes": ["agent:connect"]}, headers=h).raise_for_status()
+        httpx.post(
+            f"{api}/admin/apikeys", json={"name": "a", "scopes": ["agent:connect"]}, headers=h
+        ).raise_for_status()
         ports = []
         for name in ("db", "cache"):
-            r = httpx.post(f"{api}/admin/resources", headers=h, json={
-                "name": name, "type": "tunnel", "agent": "a", "target_host": "10.0.0.1", "target_port": 5432})
+            r = httpx.post(
+                f"{api}/admin/resources",
+                headers=h,
+                json={
+                    "name": name,
+                    "type": "tunnel",
+                    "agent": "a",
+                    "target_host": "10.0.0.1",
+                    "target_port": 5432,
+                },
+            )
             ports.append(r.json()["resource"]["port"])
         httpx.post(f"{api}/admin/roles", headers=h, json={"name": "r"}).raise_for_status()
-        httpx.post(f"{api}/admin/roles/r/resources", headers=h, json={"resource": "db"}).raise_for_status()
-        httpx.post(f"{api}/admin/roles/r/users", headers=h, json={"email": cp.admin_email}).raise_for_status()
+        httpx.post(
+            f"{api}/admin/roles/r/resources", headers=h, json={"resource": "db"}
+        ).raise_for_status()
+        httpx.post(
+            f"{api}/admin/roles/r/users", headers=h, json={"email": cp.admin_email}
+        ).raise_for_status()
         sess = httpx.post(f"{api}/sessions", headers=h, json={"duration": "1h"}).json()["session"]
         cp.restart()
-        after = {r["name"]: r["port"] for r in httpx.get(f"{api}/admin/resources", headers=h).json()["items"]}
+        after = {
+            r["name"]: r["port"]
+            for r in httpx.get(f"{api}/admin/resources", headers=h).json()["items"]
+        }
         assert after == {"db": ports[0], "cache": ports[1]}
         cur = httpx.get(f"{api}/sessions/current", headers=h).json()["session"]
         assert cur["id"] == sess["id"] and cur["active"]
         # A new tunnel after the restart does not take an old one's port.
-        r = httpx.post(f"{api}/admin/resources", headers=h, json={
-            "name": "api", "type": "tunnel", "agent": "a", "target_host": "10.0.0.2", "target_port": 80})
+        r = httpx.post(
+            f"{api}/admin/resources",
+            headers=h,
+            json={
+                "name": "api",
+                "type": "tunnel",
+                "agent": "a",
+                "target_host": "10.0.0.2",
+                "target_port": 80,
+            },
+        )
         assert r.json()["resource"]["port"] not in ports
     finally:
         cp.stop()
@@ -89,29 +136,42 @@ def test_edge_token_create_prints_a_usable_token(tmp_path: Path) -> None:
     cp = make_control_plane(tmp_path, None, command="server")
     cp.start()
     try:
-        out = subprocess.run([str(BIN / "entryguard"), "edge-token", "create", "--data-dir", str(cp.data_dir)],
-                             capture_output=True, text=True, timeout=30)
+        out = subprocess.run(
+            [str(BIN / "entryguard"), "edge-token", "create", "--data-dir", str(cp.data_dir)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
         assert out.returncode == 0, out.stderr
         token = out.stdout.strip().splitlines()[-1]
         assert token.startswith("ege_")
-        r = httpx.get(f"{cp.url}/api/v1/edge/snapshot", headers={"Authorization": f"Bearer {token}"})
+        r = httpx.get(
+            f"{cp.url}/api/v1/edge/snapshot", headers={"Authorization": f"Bearer {token}"}
+        )
         assert r.status_code == 200 and "revision" in r.json()
     finally:
         cp.stop()
-    out = subprocess.run([str(BIN / "entryguard"), "edge-token", "create", "--data-dir", str(tmp_path / "nope")],
-                         capture_output=True, text=True, timeout=30)
+    out = subprocess.run(
+        [str(BIN / "entryguard"), "edge-token", "create", "--data-dir", str(tmp_path / "nope")],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert out.returncode == 1 and "entryguard up" in out.stderr and "Traceback" not in out.stderr
 
 
 def test_bad_flags_are_one_line_errors(tmp_path: Path) -> None:
-    first, _ = free_port_range(1)
     for args, needle in [
         (["up", "--tunnel-ports", "5-2"], "port range"),
         (["up", "--listen", "0.0.0.0:8080"], "needs TLS"),
         (["server", "--trusted-proxy", "10.0.0.5/8"], "host bits"),
     ]:
-        out = subprocess.run([str(BIN / "entryguard"), *args, "--data-dir", str(tmp_path / "d")],
-                             capture_output=True, text=True, timeout=30)
+        out = subprocess.run(
+            [str(BIN / "entryguard"), *args, "--data-dir", str(tmp_path / "d")],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
         assert out.returncode != 0
         assert needle in out.stderr, out.stderr
         assert "Traceback" not in out.stderr

@@ -38,7 +38,9 @@ class Api:
     def client(self, token: str | None = None, source: str = "127.0.0.1") -> httpx.AsyncClient:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         transport = httpx.AsyncHTTPTransport(local_address=source)
-        return httpx.AsyncClient(base_url=f"{self.url}/api/v1", headers=headers, transport=transport, timeout=30)
+        return httpx.AsyncClient(
+            base_url=f"{self.url}/api/v1", headers=headers, transport=transport, timeout=30
+        )
 
     def admin(self) -> httpx.AsyncClient:
         return self.client(self.admin_token)
@@ -49,7 +51,9 @@ class Api:
             assert r.status_code == 200, r.text
             return str(r.json()["token"])
 
-    async def call(self, method: str, path: str, token: str | None = None, **kw: Any) -> httpx.Response:
+    async def call(
+        self, method: str, path: str, token: str | None = None, **kw: Any
+    ) -> httpx.Response:
         async with self.client(token or self.admin_token, kw.pop("source", "127.0.0.1")) as c:
             return await c.request(method, path, **kw)
 
@@ -63,7 +67,9 @@ class Api:
         return await self.login(email, password)
 
     async def agent_key(self, name: str = "agent1") -> str:
-        body = await self.ok("POST", "/admin/apikeys", json={"name": name, "scopes": ["agent:connect"]})
+        body = await self.ok(
+            "POST", "/admin/apikeys", json={"name": name, "scopes": ["agent:connect"]}
+        )
         return str(body["key"])
 
 
@@ -75,12 +81,16 @@ async def serve_api(database_url: str, data_dir: Path, **settings_kw: Any) -> As
     os.environ["EG_ADMIN_PASSWORD"] = ADMIN_PW
     first, last = free_port_range(10)
     settings_kw.setdefault("tunnel_ports", PortRange(first, last))
-    settings = Settings(database_url=database_url, data_dir=data_dir, expiry_interval=0.1, **settings_kw)
+    settings = Settings(
+        database_url=database_url, data_dir=data_dir, expiry_interval=0.1, **settings_kw
+    )
     db = Database(database_url)
     await migrate_and_bootstrap(db, database_url)
     app = create_app(settings, db)
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+    )
     task = asyncio.create_task(server.serve())
     for _ in range(500):
         if server.started:

@@ -21,9 +21,20 @@ async def counts(api: Api) -> tuple[int, int, int]:
 
 
 async def setup_tunnel(api: Api, name: str = "production-db", role: str = "developers") -> dict:
-    await api.agent_key("prod-agent") if not (await api.ok("GET", "/admin/apikeys"))["items"] else None
-    r = await api.ok("POST", "/admin/resources", json={"name": name, "type": "tunnel", "agent": "prod-agent",
-                                                       "target_host": "10.0.1.50", "target_port": 5432})
+    await api.agent_key("prod-agent") if not (await api.ok("GET", "/admin/apikeys"))[
+        "items"
+    ] else None
+    r = await api.ok(
+        "POST",
+        "/admin/resources",
+        json={
+            "name": name,
+            "type": "tunnel",
+            "agent": "prod-agent",
+            "target_host": "10.0.1.50",
+            "target_port": 5432,
+        },
+    )
     if not any(x["name"] == role for x in (await api.ok("GET", "/admin/roles"))["items"]):
         await api.ok("POST", "/admin/roles", json={"name": role, "max_duration": "8h"})
     await api.ok("POST", f"/admin/roles/{role}/resources", json={"resource": name})
@@ -82,16 +93,34 @@ async def test_bad_durations_refused_and_change_nothing(api: Api) -> None:
 async def test_bad_cidrs_refused_and_change_nothing(api: Api) -> None:
     await setup_tunnel(api)
     before = await counts(api)
-    for bad in ["10.0.0.5/8", "010.0.0.1", "10.0.0.0/33", "not-an-ip", "10.0.0.0/8;rm -rf /", "", "0.0.0.0/0",
-                " 10.0.0.0/8", "10.0.0.0/8\n", "::/0"]:
+    for bad in [
+        "10.0.0.5/8",
+        "010.0.0.1",
+        "10.0.0.0/33",
+        "not-an-ip",
+        "10.0.0.0/8;rm -rf /",
+        "",
+        "0.0.0.0/0",
+        " 10.0.0.0/8",
+        "10.0.0.0/8\n",
+        "::/0",
+    ]:
         r = await api.call("POST", "/admin/rules", json={"resource": "production-db", "cidr": bad})
         assert r.status_code == 400, (bad, r.text)
         assert r.json()["error"]["code"] == "invalid_cidr"
-        r = await api.call("POST", "/admin/guests", json={"resource": "production-db", "cidr": bad, "duration": "1h"})
+        r = await api.call(
+            "POST",
+            "/admin/guests",
+            json={"resource": "production-db", "cidr": bad, "duration": "1h"},
+        )
         assert r.status_code == 400, (bad, r.text)
     assert await counts(api) == before
     assert (await api.ok("GET", "/admin/rules"))["items"] == []
-    rule = await api.ok("POST", "/admin/rules", json={"resource": "production-db", "cidr": "0.0.0.0/0", "allow_any": True})
+    rule = await api.ok(
+        "POST",
+        "/admin/rules",
+        json={"resource": "production-db", "cidr": "0.0.0.0/0", "allow_any": True},
+    )
     assert rule["rule"]["cidr"] == "0.0.0.0/0"
 
 
@@ -107,7 +136,9 @@ async def test_names_validated(api: Api) -> None:
 
 async def test_scopes_enforced(api: Api) -> None:
     agent = await api.agent_key("prod-agent")
-    sess_key = (await api.ok("POST", "/admin/apikeys", json={"name": "ci", "scopes": ["sessions"]}))["key"]
+    sess_key = (
+        await api.ok("POST", "/admin/apikeys", json={"name": "ci", "scopes": ["sessions"]})
+    )["key"]
     r = await api.call("GET", "/me/resources", agent)
     assert r.status_code == 403 and r.json()["error"]["code"] == "missing_scope"
     r = await api.call("GET", "/admin/users", sess_key)
@@ -127,8 +158,13 @@ async def test_scopes_enforced(api: Api) -> None:
 
 async def test_non_admin_refused_admin_routes(api: Api) -> None:
     tok = await api.make_user("dev@example.com")
-    for method, path in [("GET", "/admin/users"), ("POST", "/admin/roles"), ("GET", "/admin/audit"),
-                         ("GET", "/admin/agents"), ("DELETE", "/admin/sessions/1")]:
+    for method, path in [
+        ("GET", "/admin/users"),
+        ("POST", "/admin/roles"),
+        ("GET", "/admin/audit"),
+        ("GET", "/admin/agents"),
+        ("DELETE", "/admin/sessions/1"),
+    ]:
         r = await api.call(method, path, tok, json={"name": "x"} if method == "POST" else None)
         assert r.status_code == 403, (path, r.text)
         assert r.json()["error"]["code"] == "admin_required"
@@ -136,12 +172,24 @@ async def test_non_admin_refused_admin_routes(api: Api) -> None:
 
 async def test_spoofed_forwarded_for_ignored_from_untrusted_peer(api: Api) -> None:
     tok = await api.make_user("dev@example.com")
-    out = await api.ok("POST", "/sessions", tok, json={"duration": "1h"}, source="127.0.0.3",
-                       headers={"X-Forwarded-For": "203.0.113.7"})
+    out = await api.ok(
+        "POST",
+        "/sessions",
+        tok,
+        json={"duration": "1h"},
+        source="127.0.0.3",
+        headers={"X-Forwarded-For": "203.0.113.7"},
+    )
     assert out["session"]["ip"] == "127.0.0.3"
     # From the trusted proxy (127.0.0.9), the rightmost untrusted hop is the client.
-    out = await api.ok("POST", "/sessions", tok, json={"duration": "1h"}, source="127.0.0.9",
-                       headers={"X-Forwarded-For": "198.51.100.1, 203.0.113.8"})
+    out = await api.ok(
+        "POST",
+        "/sessions",
+        tok,
+        json={"duration": "1h"},
+        source="127.0.0.9",
+        headers={"X-Forwarded-For": "198.51.100.1, 203.0.113.8"},
+    )
     assert out["session"]["ip"] == "203.0.113.8"
 
 
@@ -150,7 +198,9 @@ async def test_concurrent_session_starts_leave_one_active(api: Api) -> None:
     tok = await api.make_user("dev@example.com")
     await api.ok("POST", "/admin/roles/developers/users", json={"email": "dev@example.com"})
     async with api.client(tok) as c:
-        rs = await asyncio.gather(*[c.post("/sessions", json={"duration": "1h"}) for _ in range(20)])
+        rs = await asyncio.gather(
+            *[c.post("/sessions", json={"duration": "1h"}) for _ in range(20)]
+        )
     assert all(r.status_code == 201 for r in rs), [r.text for r in rs if r.status_code != 201]
     active = (await api.ok("GET", "/admin/sessions", params={"active": "true"}))["items"]
     assert len(active) == 1
@@ -164,13 +214,31 @@ async def test_port_range_exhausted_is_a_clear_error(api: Api) -> None:
     n = api.settings.tunnel_ports.last - api.settings.tunnel_ports.first + 1
     ports = set()
     for i in range(n):
-        r = await api.ok("POST", "/admin/resources", json={"name": f"t{i}", "type": "tunnel", "agent": "prod-agent",
-                                                           "target_host": "10.0.0.1", "target_port": 80 + i})
+        r = await api.ok(
+            "POST",
+            "/admin/resources",
+            json={
+                "name": f"t{i}",
+                "type": "tunnel",
+                "agent": "prod-agent",
+                "target_host": "10.0.0.1",
+                "target_port": 80 + i,
+            },
+        )
         ports.add(r["resource"]["port"])
     assert len(ports) == n
     before = await counts(api)
-    r = await api.call("POST", "/admin/resources", json={"name": "one-too-many", "type": "tunnel",
-                                                         "agent": "prod-agent", "target_host": "10.0.0.1", "target_port": 1})
+    r = await api.call(
+        "POST",
+        "/admin/resources",
+        json={
+            "name": "one-too-many",
+            "type": "tunnel",
+            "agent": "prod-agent",
+            "target_host": "10.0.0.1",
+            "target_port": 1,
+        },
+    )
     assert r.status_code == 409
     err = r.json()["error"]
     assert err["code"] == "port_range_exhausted" and "exhausted" in err["message"]
@@ -186,7 +254,9 @@ async def test_session_expiry_removes_grants_with_audit_and_changes(api: Api) ->
         rev0 = (await s.execute(select(func.max(Change.revision)))).scalar_one()
     from datetime import datetime
 
-    expires = datetime.fromisoformat(out["session"]["expires_at"].replace("Z", "+00:00")).timestamp()
+    expires = datetime.fromisoformat(
+        out["session"]["expires_at"].replace("Z", "+00:00")
+    ).timestamp()
     deadline = expires + 1.0
     gone_at = None
     while time.time() < deadline + 1:
@@ -196,9 +266,13 @@ async def test_session_expiry_removes_grants_with_audit_and_changes(api: Api) ->
             gone_at = time.time()
             break
         await asyncio.sleep(0.05)
-    assert gone_at is not None and gone_at <= deadline, f"grants still there {gone_at and gone_at - expires}s after expiry"
+    assert gone_at is not None and gone_at <= deadline, (
+        f"grants still there {gone_at and gone_at - expires}s after expiry"
+    )
     async with api.db.read() as s:
-        ev = (await s.execute(select(AuditEvent).where(AuditEvent.action == "session.expire"))).scalar_one()
+        ev = (
+            await s.execute(select(AuditEvent).where(AuditEvent.action == "session.expire"))
+        ).scalar_one()
         ch = (await s.execute(select(Change).where(Change.revision > rev0))).scalars().all()
     assert json.loads(ev.details)["reason"] == "expired"
     assert [c.op for c in ch] == ["grant.remove"]
@@ -212,7 +286,9 @@ async def test_audit_tampering_detected_naming_the_row(api: Api) -> None:
     events = (await api.ok("GET", "/admin/audit"))["items"]
     victim = events[1]["id"]
     async with api.db.sessions() as s, s.begin():
-        await s.execute(text("UPDATE audit_events SET actor = 'mallory' WHERE id = :i"), {"i": victim})
+        await s.execute(
+            text("UPDATE audit_events SET actor = 'mallory' WHERE id = :i"), {"i": victim}
+        )
     bad = await api.ok("GET", "/admin/audit/verify")
     assert bad["ok"] is False and bad["bad_id"] == victim
     assert str(victim) in bad["message"]
@@ -243,8 +319,16 @@ async def test_role_edits_reevaluate_live_sessions(api: Api) -> None:
 
 async def test_script_commands_respect_shared_cidrs(api: Api) -> None:
     await api.agent_key("fw-agent")
-    await api.ok("POST", "/admin/resources", json={"name": "fw", "type": "script", "agent": "fw-agent",
-                                                   "script_dir": "/etc/eg-agent/scripts/fw"})
+    await api.ok(
+        "POST",
+        "/admin/resources",
+        json={
+            "name": "fw",
+            "type": "script",
+            "agent": "fw-agent",
+            "script_dir": "/etc/eg-agent/scripts/fw",
+        },
+    )
     await api.ok("POST", "/admin/roles", json={"name": "ops"})
     await api.ok("POST", "/admin/roles/ops/resources", json={"resource": "fw"})
     t1 = await api.make_user("a@example.com")
@@ -256,23 +340,51 @@ async def test_script_commands_respect_shared_cidrs(api: Api) -> None:
     await api.ok("POST", "/sessions", t2, json={"duration": "1h"}, source="127.0.0.5")
     await api.ok("DELETE", "/sessions/current", t1)
     async with api.db.read() as s:
-        cmds = [(c.action, c.cidr) for c in (await s.execute(select(AgentCommand).order_by(AgentCommand.id))).scalars()]
+        cmds = [
+            (c.action, c.cidr)
+            for c in (await s.execute(select(AgentCommand).order_by(AgentCommand.id))).scalars()
+        ]
     assert cmds == [("apply", "127.0.0.5/32")]  # b still holds the address: no revoke yet
     await api.ok("DELETE", "/sessions/current", t2)
     async with api.db.read() as s:
-        cmds = [(c.action, c.cidr) for c in (await s.execute(select(AgentCommand).order_by(AgentCommand.id))).scalars()]
+        cmds = [
+            (c.action, c.cidr)
+            for c in (await s.execute(select(AgentCommand).order_by(AgentCommand.id))).scalars()
+        ]
     assert cmds == [("apply", "127.0.0.5/32"), ("revoke", "127.0.0.5/32")]
 
 
 async def test_rules_and_guests(api: Api) -> None:
     await setup_tunnel(api)
-    rule = (await api.ok("POST", "/admin/rules", json={"resource": "production-db", "cidr": "10.0.0.0/8",
-                                                       "description": "VPN"}))["rule"]
-    guest = (await api.ok("POST", "/admin/guests", json={"resource": "production-db", "cidr": "203.0.113.0/24",
-                                                         "duration": "2h", "note": "auditor"}))["guest"]
+    rule = (
+        await api.ok(
+            "POST",
+            "/admin/rules",
+            json={"resource": "production-db", "cidr": "10.0.0.0/8", "description": "VPN"},
+        )
+    )["rule"]
+    guest = (
+        await api.ok(
+            "POST",
+            "/admin/guests",
+            json={
+                "resource": "production-db",
+                "cidr": "203.0.113.0/24",
+                "duration": "2h",
+                "note": "auditor",
+            },
+        )
+    )["guest"]
     assert (await counts(api))[2] == 2
-    assert [r["cidr"] for r in (await api.ok("GET", "/admin/rules", params={"resource": "production-db"}))["items"]] == ["10.0.0.0/8"]
-    assert (await api.ok("GET", "/admin/guests", params={"active": "true"}))["items"][0]["note"] == "auditor"
+    assert [
+        r["cidr"]
+        for r in (await api.ok("GET", "/admin/rules", params={"resource": "production-db"}))[
+            "items"
+        ]
+    ] == ["10.0.0.0/8"]
+    assert (await api.ok("GET", "/admin/guests", params={"active": "true"}))["items"][0][
+        "note"
+    ] == "auditor"
     await api.ok("DELETE", f"/admin/rules/{rule['id']}")
     await api.ok("DELETE", f"/admin/guests/{guest['id']}")
     assert (await counts(api))[2] == 0
@@ -283,7 +395,9 @@ async def test_rules_and_guests(api: Api) -> None:
 async def test_errors_are_json(api: Api) -> None:
     r = await api.call("GET", "/no/such/route")
     assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
-    r = await api.call("POST", "/admin/roles", content=b"{not json", headers={"content-type": "application/json"})
+    r = await api.call(
+        "POST", "/admin/roles", content=b"{not json", headers={"content-type": "application/json"}
+    )
     assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_request"
     r = await api.call("POST", "/admin/roles", json={"name": "x", "extra": 1})
     assert r.status_code == 422
@@ -292,7 +406,9 @@ async def test_errors_are_json(api: Api) -> None:
 
 
 async def test_login_logout_and_wrong_password(api: Api) -> None:
-    r = await api.call("POST", "/auth/login", None, json={"email": "admin@example.com", "password": "wrong"})
+    r = await api.call(
+        "POST", "/auth/login", None, json={"email": "admin@example.com", "password": "wrong"}
+    )
     assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_credentials"
     tok = await api.login("admin@example.com", "admin-password-1")
     who = await api.ok("GET", "/auth/whoami", tok)

@@ -18,8 +18,9 @@ async def edge_token(api: Api) -> str:
 
 
 def edge_client(api: Api, token: str) -> httpx.AsyncClient:
-    return httpx.AsyncClient(base_url=f"{api.url}/api/v1/edge", headers={"Authorization": f"Bearer {token}"},
-                             timeout=60)
+    return httpx.AsyncClient(
+        base_url=f"{api.url}/api/v1/edge", headers={"Authorization": f"Bearer {token}"}, timeout=60
+    )
 
 
 async def test_edge_token_required(api: Api) -> None:
@@ -59,8 +60,15 @@ async def test_change_stream_exactly_once_in_order_and_resumable(api: Api) -> No
         async def produce() -> None:
             ids = []
             for i in range(50):
-                ids.append((await api.ok("POST", "/admin/rules", json={
-                    "resource": "production-db", "cidr": f"10.{i}.0.0/16"}))["rule"]["id"])
+                ids.append(
+                    (
+                        await api.ok(
+                            "POST",
+                            "/admin/rules",
+                            json={"resource": "production-db", "cidr": f"10.{i}.0.0/16"},
+                        )
+                    )["rule"]["id"]
+                )
             for rid in ids:
                 await api.ok("DELETE", f"/admin/rules/{rid}")
             done.set()
@@ -91,7 +99,9 @@ async def test_long_poll_wakes_on_change(api: Api) -> None:
         assert not poll.done()
         loop = asyncio.get_running_loop()
         t0 = loop.time()
-        await api.ok("POST", "/admin/rules", json={"resource": "production-db", "cidr": "10.9.0.0/16"})
+        await api.ok(
+            "POST", "/admin/rules", json={"resource": "production-db", "cidr": "10.9.0.0/16"}
+        )
         r = await poll
         assert loop.time() - t0 < 2.5
         assert [ch["op"] for ch in r.json()["changes"]] == ["grant.add"]

@@ -38,7 +38,9 @@ async def _prune_loop(db: Database, retention: int) -> None:
             await prune_changes(db, retention)
 
 
-def create_app(settings: Settings, db: Database | None = None, *, background: bool = True) -> FastAPI:
+def create_app(
+    settings: Settings, db: Database | None = None, *, background: bool = True
+) -> FastAPI:
     database = db or Database(settings.database_url)
     notifier = ChangeNotifier(database)
 
@@ -49,8 +51,12 @@ def create_app(settings: Settings, db: Database | None = None, *, background: bo
         if background:
             tasks = [
                 asyncio.create_task(run_expiry(database, settings.expiry_interval), name="expiry"),
-                asyncio.create_task(run_offline_watch(database, settings.agent_offline_after), name="offline"),
-                asyncio.create_task(_prune_loop(database, settings.change_retention_seconds), name="prune"),
+                asyncio.create_task(
+                    run_offline_watch(database, settings.agent_offline_after), name="offline"
+                ),
+                asyncio.create_task(
+                    _prune_loop(database, settings.change_retention_seconds), name="prune"
+                ),
             ]
         try:
             yield
@@ -83,7 +89,11 @@ def create_app(settings: Settings, db: Database | None = None, *, background: bo
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0] if exc.errors() else {}
         where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
-        msg = f"{where}: {first.get('msg', 'invalid request')}" if where else str(first.get("msg", "invalid request"))
+        msg = (
+            f"{where}: {first.get('msg', 'invalid request')}"
+            if where
+            else str(first.get("msg", "invalid request"))
+        )
         return JSONResponse(error_body("invalid_request", msg), status_code=422)
 
     @app.exception_handler(StarletteHTTPException)
@@ -95,6 +105,13 @@ def create_app(settings: Settings, db: Database | None = None, *, background: bo
     async def health() -> dict[str, Any]:
         return {"status": "ok", "version": __version__}
 
-    for r in (auth.router, me.router, admin_directory.router, admin_access.router, agent.router, edge.router):
+    for r in (
+        auth.router,
+        me.router,
+        admin_directory.router,
+        admin_access.router,
+        agent.router,
+        edge.router,
+    ):
         app.include_router(r, prefix=API)
     return app

@@ -56,13 +56,17 @@ def bind_socket(host: str, port: int, flag: str) -> socket.socket:
     except OSError as exc:
         sock.close()
         reason = exc.strerror or str(exc)
-        raise ListenError(f"cannot listen on {host}:{port}: {reason.lower()} "
-                          f"(is another EntryGuard running? choose another address with {flag})") from exc
+        raise ListenError(
+            f"cannot listen on {host}:{port}: {reason.lower()} "
+            f"(is another EntryGuard running? choose another address with {flag})"
+        ) from exc
     sock.setblocking(False)
     return sock
 
 
-def print_banner(first: FirstAdmin | None, api_url: str, edge_url: str | None, settings: Settings) -> None:
+def print_banner(
+    first: FirstAdmin | None, api_url: str, edge_url: str | None, settings: Settings
+) -> None:
     c = Console(highlight=False, soft_wrap=True)
     c.print(f"[bold green]✓ EntryGuard is running[/bold green]  (data in {settings.data_dir})")
     c.print(f"  API + dashboard  {api_url}   (REST under {api_url}/api/v1)")
@@ -80,15 +84,26 @@ def print_banner(first: FirstAdmin | None, api_url: str, edge_url: str | None, s
     c.print("Next steps:")
     c.print(f"  eg login --server {api_url} --email {first.email if first else 'admin@localhost'}")
     c.print("  eg admin apikey create prod-agent --scope agent:connect")
-    c.print("  eg admin resource create production-db --type tunnel --agent prod-agent --target 10.0.1.50:5432")
-    c.print("  eg admin role create developers && eg admin role add-resource developers production-db")
+    c.print(
+        "  eg admin resource create production-db --type tunnel --agent prod-agent --target 10.0.1.50:5432"
+    )
+    c.print(
+        "  eg admin role create developers && eg admin role add-resource developers production-db"
+    )
     c.print("  eg session start --duration 4")
     c.print()
 
 
 async def run_control_plane(
-    settings: Settings, host: str, port: int, *, tls: tuple[str, str] | None, log_level: str,
-    with_edge: bool, edge_listen: str, banner: bool,
+    settings: Settings,
+    host: str,
+    port: int,
+    *,
+    tls: tuple[str, str] | None,
+    log_level: str,
+    with_edge: bool,
+    edge_listen: str,
+    banner: bool,
 ) -> None:
     # Bind first: a taken port must fail before a first start creates (and would
     # never show) the admin's generated password.
@@ -99,9 +114,15 @@ async def run_control_plane(
     scheme = "https" if tls else "http"
     shown_host = f"[{host}]" if ":" in host else host
     config = uvicorn.Config(
-        app, host=host, port=port, log_level="warning" if log_level == "info" else log_level,
-        loop="asyncio", lifespan="on", access_log=log_level == "debug",
-        ssl_certfile=tls[0] if tls else None, ssl_keyfile=tls[1] if tls else None,
+        app,
+        host=host,
+        port=port,
+        log_level="warning" if log_level == "info" else log_level,
+        loop="asyncio",
+        lifespan="on",
+        access_log=log_level == "debug",
+        ssl_certfile=tls[0] if tls else None,
+        ssl_keyfile=tls[1] if tls else None,
         proxy_headers=False,  # X-Forwarded-For is handled by our trusted-proxy logic
         server_header=False,
     )
@@ -123,7 +144,11 @@ async def run_control_plane(
             log.warning("the edge is not available in this build; running the control plane only")
         else:
             edge_task, edge_url = await start_local_edge(
-                control_url=api_url, edge_token=token, listen=edge_listen, settings=settings, tls=tls,
+                control_url=api_url,
+                edge_token=token,
+                listen=edge_listen,
+                settings=settings,
+                tls=tls,
             )
             tasks.append(edge_task)
     if banner:

@@ -1,5 +1,6 @@
 """IP and CIDR handling shared by the control plane, the edge and the agent."""
 
+from entryguard.net.allowlist import AllowList
 from entryguard.net.cidr import (
     CidrError,
     IPNetwork,
@@ -7,6 +8,5 @@ from entryguard.net.cidr import (
     parse_cidr,
     parse_ip,
 )
-from entryguard.net.allowlist import AllowList
 
 __all__ = ["AllowList", "CidrError", "IPNetwork", "normalize_ip", "parse_cidr", "parse_ip"]

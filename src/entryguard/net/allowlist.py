@@ -46,7 +46,9 @@ class AllowList:
         return False
 
     def expired(self, now: float) -> list[Entry]:
-        return [e for e in self._entries.values() if e.expires_at is not None and e.expires_at <= now]
+        return [
+            e for e in self._entries.values() if e.expires_at is not None and e.expires_at <= now
+        ]
 
     def next_expiry(self) -> float | None:
         times = [e.expires_at for e in self._entries.values() if e.expires_at is not None]

@@ -70,12 +70,16 @@ def parse_cidr(text: str, *, allow_any: bool = False) -> IPNetwork:
             prefix = str(plen - 96)
         base = mapped
     try:
-        net: IPNetwork = ipaddress.ip_network(f"{base}/{prefix}" if prefix else str(base), strict=True)
+        net: IPNetwork = ipaddress.ip_network(
+            f"{base}/{prefix}" if prefix else str(base), strict=True
+        )
     except ValueError as exc:
         msg = str(exc)
         if "has host bits set" in msg:
-            raise CidrError(f"invalid CIDR {text!r}: host bits are set (did you mean "
-                            f"{ipaddress.ip_network(f'{base}/{prefix}', strict=False)}?)") from exc
+            raise CidrError(
+                f"invalid CIDR {text!r}: host bits are set (did you mean "
+                f"{ipaddress.ip_network(f'{base}/{prefix}', strict=False)}?)"
+            ) from exc
         raise CidrError(f"invalid CIDR {text!r}: {msg}") from exc
     if net.prefixlen == 0 and not allow_any:
         raise CidrError(

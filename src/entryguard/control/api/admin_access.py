@@ -47,25 +47,40 @@ async def list_resources(request: Request, p: Principal = Depends(admin)) -> dic
     async with c.db.read() as s:
         names = await _key_names(s)
         rs = (await s.execute(select(Resource).order_by(Resource.name))).scalars()
-        return {"items": [admin_resource_view(r, c.settings, names.get(r.agent_key_id, "?")) for r in rs]}
+        return {
+            "items": [
+                admin_resource_view(r, c.settings, names.get(r.agent_key_id, "?")) for r in rs
+            ]
+        }
 
 
 @router.post("/resources", status_code=201)
-async def create_resource(body: ResourceCreateIn, request: Request, p: Principal = Depends(admin)) -> dict[str, Any]:
+async def create_resource(
+    body: ResourceCreateIn, request: Request, p: Principal = Depends(admin)
+) -> dict[str, Any]:
     c = ctx(request)
     if body.provider.upper() != "AGENT":
         raise BadRequest("provider must be AGENT", code="invalid_provider")
     async with c.db.write() as s:
         r = await resources.create_resource(
-            s, p.user.org_id, name=body.name, type_=body.type, agent=body.agent,
-            target_host=body.target_host, target_port=body.target_port, script_dir=body.script_dir,
-            ports=c.settings.tunnel_ports, actor=p.actor,
+            s,
+            p.user.org_id,
+            name=body.name,
+            type_=body.type,
+            agent=body.agent,
+            target_host=body.target_host,
+            target_port=body.target_port,
+            script_dir=body.script_dir,
+            ports=c.settings.tunnel_ports,
+            actor=p.actor,
         )
         return {"resource": admin_resource_view(r, c.settings, body.agent)}
 
 
 @router.delete("/resources/{name}")
-async def delete_resource(name: str, request: Request, p: Principal = Depends(admin)) -> dict[str, Any]:
+async def delete_resource(
+    name: str, request: Request, p: Principal = Depends(admin)
+) -> dict[str, Any]:
     c = ctx(request)
     async with c.db.write() as s:
         r = await resources.get_resource(s, name)
@@ -75,71 +90,112 @@ async def delete_resource(name: str, request: Request, p: Principal = Depends(ad
 
 
 @router.get("/rules")
-async def list_rules(request: Request, resource: str | None = Query(default=None, max_length=256),
-                     p: Principal = Depends(admin)) -> dict[str, Any]:
+async def list_rules(
+    request: Request,
+    resource: str | None = Query(default=None, max_length=256),
+    p: Principal = Depends(admin),
+) -> dict[str, Any]:
     async with ctx(request).db.read() as s:
-        q = select(StaticRule, Resource.name).join(Resource, Resource.id == StaticRule.resource_id).order_by(StaticRule.id)
+        q = (
+            select(StaticRule, Resource.name)
+            .join(Resource, Resource.id == StaticRule.resource_id)
+            .order_by(StaticRule.id)
+        )
         if resource is not None:
             q = q.where(Resource.id == (await resources.get_resource(s, resource)).id)
         return {"items": [rule_view(rule, name) for rule, name in (await s.execute(q)).all()]}
 
 
 @router.post("/rules", status_code=201)
-async def add_rule(body: RuleCreateIn, request: Request, p: Principal = Depends(admin)) -> dict[str, Any]:
+async def add_rule(
+    body: RuleCreateIn, request: Request, p: Principal = Depends(admin)
+) -> dict[str, Any]:
     async with ctx(request).db.write() as s:
         r = await resources.get_resource(s, body.resource)
-        rule = await access_rules.add_rule(s, r, body.cidr, body.description, body.allow_any, p.actor)
+        rule = await access_rules.add_rule(
+            s, r, body.cidr, body.description, body.allow_any, p.actor
+        )
         return {"rule": rule_view(rule, r.name)}
 
 
 @router.delete("/rules/{rule_id}")
-async def remove_rule(rule_id: int, request: Request, p: Principal = Depends(admin)) -> dict[str, Any]:
+async def remove_rule(
+    rule_id: int, request: Request, p: Principal = Depends(admin)
+) -> dict[str, Any]:
     async with ctx(request).db.write() as s:
         rule, r = await access_rules.remove_rule(s, rule_id, p.actor)
         return {"rule": rule_view(rule, r.name)}
 
 
 @router.get("/guests")
-async def list_guests(request: Request, active: bool = False, p: Principal = Depends(admin)) -> dict[str, Any]:
+async def list_guests(
+    request: Request, active: bool = False, p: Principal = Depends(admin)
+) -> dict[str, Any]:
     async with ctx(request).db.read() as s:
-        q = select(GuestAccess, Resource.name).join(Resource, Resource.id == GuestAccess.resource_id).order_by(GuestAccess.id)
+        q = (
+            select(GuestAccess, Resource.name)
+            .join(Resource, Resource.id == GuestAccess.resource_id)
+            .order_by(GuestAccess.id)
+        )
         if active:
             q = q.where(GuestAccess.ended_at.is_(None), GuestAccess.expires_at > utcnow())
         return {"items": [guest_view(g, name) for g, name in (await s.execute(q)).all()]}
 
 
 @router.post("/guests", status_code=201)
-async def grant_guest(body: GuestCreateIn, request: Request, p: Principal = Depends(admin)) -> dict[str, Any]:
+async def grant_guest(
+    body: GuestCreateIn, request: Request, p: Principal = Depends(admin)
+) -> dict[str, Any]:
     seconds = duration_or_400(body.duration, "duration")
     async with ctx(request).db.write() as s:
         r = await resources.get_resource(s, body.resource)
-        g = await access_rules.grant_guest(s, r, body.cidr, seconds, body.note, body.allow_any, p.actor)
+        g = await access_rules.grant_guest(
+            s, r, body.cidr, seconds, body.note, body.allow_any, p.actor
+        )
         return {"guest": guest_view(g, r.name)}
 
 
 @router.delete("/guests/{guest_id}")
-async def revoke_guest(guest_id: int, request: Request, p: Principal = Depends(admin)) -> dict[str, Any]:
+async def revoke_guest(
+    guest_id: int, request: Request, p: Principal = Depends(admin)
+) -> dict[str, Any]:
     async with ctx(request).db.write() as s:
         g, r = await access_rules.revoke_guest(s, guest_id, p.actor)
         return {"guest": guest_view(g, r.name)}
 
 
 @router.get("/sessions")
-async def list_sessions(request: Request, active: bool = False, p: Principal = Depends(admin)) -> dict[str, Any]:
+async def list_sessions(
+    request: Request, active: bool = False, p: Principal = Depends(admin)
+) -> dict[str, Any]:
     async with ctx(request).db.read() as s:
-        q = select(Session, User.email).join(User, User.id == Session.user_id).order_by(Session.id.desc()).limit(500)
+        q = (
+            select(Session, User.email)
+            .join(User, User.id == Session.user_id)
+            .order_by(Session.id.desc())
+            .limit(500)
+        )
         if active:
             q = q.where(Session.ended_at.is_(None), Session.expires_at > utcnow())
         return {"items": [session_view(x, email) for x, email in (await s.execute(q)).all()]}
 
 
 @router.delete("/sessions/{session_id}")
-async def revoke_session(session_id: int, request: Request, p: Principal = Depends(admin)) -> dict[str, Any]:
+async def revoke_session(
+    session_id: int, request: Request, p: Principal = Depends(admin)
+) -> dict[str, Any]:
     async with ctx(request).db.write() as s:
-        row = (await s.execute(select(Session, User).join(User, User.id == Session.user_id)
-                               .where(Session.id == session_id))).first()
+        row = (
+            await s.execute(
+                select(Session, User)
+                .join(User, User.id == Session.user_id)
+                .where(Session.id == session_id)
+            )
+        ).first()
         if row is None:
-            raise NotFound(f"no session {session_id}: see `eg admin session list`", code="session_not_found")
+            raise NotFound(
+                f"no session {session_id}: see `eg admin session list`", code="session_not_found"
+            )
         sess, user = row
         if sess.ended_at is None:
             await sessions.end_session(s, sess, user, "revoked", p.actor)
@@ -172,11 +228,11 @@ async def audit_log(
         q = q.where(AuditEvent.action.startswith(action))
     async with ctx(request).db.read() as s:
         if after_id:
-            rows = (await s.execute(q.order_by(AuditEvent.id).limit(limit))).scalars()
-            return {"items": [audit_view(e) for e in rows]}
+            forward = (await s.execute(q.order_by(AuditEvent.id).limit(limit))).scalars()
+            return {"items": [audit_view(e) for e in forward]}
         # Without a cursor: the newest `limit` events, oldest first.
-        rows = list((await s.execute(q.order_by(AuditEvent.id.desc()).limit(limit))).scalars())
-        return {"items": [audit_view(e) for e in reversed(rows)]}
+        newest = list((await s.execute(q.order_by(AuditEvent.id.desc()).limit(limit))).scalars())
+        return {"items": [audit_view(e) for e in reversed(newest)]}
 
 
 @router.get("/audit/verify")

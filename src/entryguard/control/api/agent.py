@@ -19,8 +19,10 @@ router = APIRouter(prefix="/agent", tags=["agent"])
 def agent_key(p: Principal = Depends(get_principal)) -> Principal:
     p.require("agent:connect")
     if p.api_key is None:
-        raise Forbidden("agents authenticate with an API key that has the agent:connect scope",
-                        code="missing_scope")
+        raise Forbidden(
+            "agents authenticate with an API key that has the agent:connect scope",
+            code="missing_scope",
+        )
     return p
 
 
@@ -29,12 +31,24 @@ async def tunnels(request: Request, p: Principal = Depends(agent_key)) -> dict[s
     assert p.api_key is not None
     async with ctx(request).db.read() as s:
         rs = await agents.agent_tunnels(s, p.api_key.id)
-    return {"items": [{"id": r.id, "name": r.name, "port": r.port,
-                       "target_host": r.target_host, "target_port": r.target_port} for r in rs]}
+    return {
+        "items": [
+            {
+                "id": r.id,
+                "name": r.name,
+                "port": r.port,
+                "target_host": r.target_host,
+                "target_port": r.target_port,
+            }
+            for r in rs
+        ]
+    }
 
 
 @router.post("/heartbeat")
-async def heartbeat(body: HeartbeatIn, request: Request, p: Principal = Depends(agent_key)) -> dict[str, Any]:
+async def heartbeat(
+    body: HeartbeatIn, request: Request, p: Principal = Depends(agent_key)
+) -> dict[str, Any]:
     assert p.api_key is not None
     async with ctx(request).db.write() as s:
         await agents.heartbeat(s, p.api_key, body.model_dump(), client_ip(request))

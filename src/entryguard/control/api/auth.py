@@ -23,8 +23,9 @@ router = APIRouter(prefix="/auth", tags=["auth"])
 async def login(body: LoginIn, request: Request) -> dict[str, Any]:
     c = ctx(request)
     async with c.db.write() as s:
-        result = await users.login(s, body.email, body.password, client_ip(request),
-                                   c.settings.login_ttl_seconds)
+        result = await users.login(
+            s, body.email, body.password, client_ip(request), c.settings.login_ttl_seconds
+        )
     if result is None:
         raise Unauthorized("wrong email or password", code="invalid_credentials")
     secret, tok, user = result
@@ -38,7 +39,9 @@ async def logout(request: Request, p: Principal = Depends(get_principal)) -> Res
             tok = await s.get(LoginToken, p.login_token.id)
             if tok is not None and tok.revoked_at is None:
                 tok.revoked_at = utcnow()
-            await audit(s, p.actor, "auth.logout", p.user.email, ip=client_ip(request), org_id=p.user.org_id)
+            await audit(
+                s, p.actor, "auth.logout", p.user.email, ip=client_ip(request), org_id=p.user.org_id
+            )
     return Response(status_code=204)
 
 

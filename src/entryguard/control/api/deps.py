@@ -44,8 +44,10 @@ async def principal(request: Request) -> Principal:
             p: Principal | None = await cookie_auth(request)
             if p is not None:
                 return p
-        raise Unauthorized("missing credentials: run `eg login` or send `Authorization: Bearer <key>`",
-                           code="unauthorized")
+        raise Unauthorized(
+            "missing credentials: run `eg login` or send `Authorization: Bearer <key>`",
+            code="unauthorized",
+        )
     async with c.db.read() as s:
         p = await authenticate(s, secret)
     if p.api_key is not None:
@@ -81,7 +83,11 @@ def client_ip(request: Request) -> str:
 
     if not trusted(ip):
         return str(ip)
-    hops = [h.strip() for h in ",".join(request.headers.getlist("x-forwarded-for")).split(",") if h.strip()]
+    hops = [
+        h.strip()
+        for h in ",".join(request.headers.getlist("x-forwarded-for")).split(",")
+        if h.strip()
+    ]
     for hop in reversed(hops):
         try:
             addr = normalize_ip(ipaddress.ip_address(hop))

@@ -27,14 +27,18 @@ def _sessions_principal(p: Principal = Depends(get_principal)) -> Principal:
 
 
 @router.get("/me/resources")
-async def my_resources(request: Request, p: Principal = Depends(_sessions_principal)) -> dict[str, Any]:
+async def my_resources(
+    request: Request, p: Principal = Depends(_sessions_principal)
+) -> dict[str, Any]:
     c = ctx(request)
     async with c.db.read() as s:
         return {"items": [resource_view(r, c.settings) for r in await user_resources(s, p.user.id)]}
 
 
 @router.post("/sessions", status_code=201)
-async def start(body: SessionStartIn, request: Request, p: Principal = Depends(_sessions_principal)) -> dict[str, Any]:
+async def start(
+    body: SessionStartIn, request: Request, p: Principal = Depends(_sessions_principal)
+) -> dict[str, Any]:
     c = ctx(request)
     try:
         seconds = parse_duration(body.duration)
@@ -73,7 +77,12 @@ async def stop(request: Request, p: Principal = Depends(_sessions_principal)) ->
 @router.get("/sessions/history")
 async def history(request: Request, p: Principal = Depends(_sessions_principal)) -> dict[str, Any]:
     async with ctx(request).db.read() as s:
-        rows = (await s.execute(
-            select(Session).where(Session.user_id == p.user.id).order_by(Session.id.desc()).limit(100)
-        )).scalars()
+        rows = (
+            await s.execute(
+                select(Session)
+                .where(Session.user_id == p.user.id)
+                .order_by(Session.id.desc())
+                .limit(100)
+            )
+        ).scalars()
         return {"items": [session_view(x, p.user.email) for x in rows]}

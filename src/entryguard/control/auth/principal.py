@@ -30,8 +30,10 @@ class Principal:
         if scope in self.scopes:
             return
         if scope == "admin":
-            raise Forbidden("this needs an admin: ask an EntryGuard admin, or use a key with the admin scope",
-                            code="admin_required")
+            raise Forbidden(
+                "this needs an admin: ask an EntryGuard admin, or use a key with the admin scope",
+                code="admin_required",
+            )
         raise Forbidden(f"this credential lacks the {scope!r} scope", code="missing_scope")
 
 
@@ -46,8 +48,15 @@ async def authenticate(s: AsyncSession, secret: str) -> Principal:
         raise bad
     now = utcnow()
     if prefix.startswith("egs_"):
-        tok = (await s.execute(select(LoginToken).where(LoginToken.prefix == prefix))).scalar_one_or_none()
-        if tok is None or not matches(secret, tok.token_hash) or tok.revoked_at or tok.expires_at <= now:
+        tok = (
+            await s.execute(select(LoginToken).where(LoginToken.prefix == prefix))
+        ).scalar_one_or_none()
+        if (
+            tok is None
+            or not matches(secret, tok.token_hash)
+            or tok.revoked_at
+            or tok.expires_at <= now
+        ):
             raise bad
         user = await s.get(User, tok.user_id)
         if user is None or user.disabled_at is not None:

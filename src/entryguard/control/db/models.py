@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, ClassVar
 
 from sqlalchemy import (
     BigInteger,
@@ -50,7 +50,7 @@ class UTCDateTime(TypeDecorator[datetime]):
 
 
 class Base(DeclarativeBase):
-    type_annotation_map: dict[Any, Any] = {datetime: UTCDateTime}
+    type_annotation_map: ClassVar[dict[Any, Any]] = {datetime: UTCDateTime}
 
 
 class Organization(Base):
@@ -83,13 +83,19 @@ class Role(Base):
 
 class RoleUser(Base):
     __tablename__ = "role_users"
-    role_id: Mapped[int] = mapped_column(ForeignKey("roles.id", ondelete="CASCADE"), primary_key=True)
-    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), primary_key=True)
+    role_id: Mapped[int] = mapped_column(
+        ForeignKey("roles.id", ondelete="CASCADE"), primary_key=True
+    )
+    user_id: Mapped[int] = mapped_column(
+        ForeignKey("users.id", ondelete="CASCADE"), primary_key=True
+    )
 
 
 class RoleResource(Base):
     __tablename__ = "role_resources"
-    role_id: Mapped[int] = mapped_column(ForeignKey("roles.id", ondelete="CASCADE"), primary_key=True)
+    role_id: Mapped[int] = mapped_column(
+        ForeignKey("roles.id", ondelete="CASCADE"), primary_key=True
+    )
     resource_id: Mapped[int] = mapped_column(
         ForeignKey("resources.id", ondelete="CASCADE"), primary_key=True
     )
@@ -241,7 +247,9 @@ class AgentCommand(Base):
 
 class AgentStatus(Base):
     __tablename__ = "agent_status"
-    key_id: Mapped[int] = mapped_column(ForeignKey("api_keys.id", ondelete="CASCADE"), primary_key=True)
+    key_id: Mapped[int] = mapped_column(
+        ForeignKey("api_keys.id", ondelete="CASCADE"), primary_key=True
+    )
     name: Mapped[str] = mapped_column(String(64))
     version: Mapped[str] = mapped_column(String(32), default="")
     hostname: Mapped[str] = mapped_column(String(255), default="")
@@ -256,7 +264,7 @@ class AuditEvent(Base):
     """Append-only; ``hash`` = SHA-256(prev_hash + canonical fields), so edits are detectable."""
 
     __tablename__ = "audit_events"
-    __table_args__ = {"sqlite_autoincrement": True}
+    __table_args__: ClassVar[dict[str, Any]] = {"sqlite_autoincrement": True}
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     ts: Mapped[datetime] = mapped_column(default=utcnow)
     org_id: Mapped[int | None] = mapped_column(BigInteger, default=None)
@@ -273,7 +281,9 @@ class Change(Base):
     """The change log edges follow; revisions are committed in order (see docs/sync.md)."""
 
     __tablename__ = "changes"
-    __table_args__ = {"sqlite_autoincrement": True}  # never reuse a revision
+    __table_args__: ClassVar[dict[str, Any]] = {
+        "sqlite_autoincrement": True
+    }  # never reuse a revision
     revision: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     op: Mapped[str] = mapped_column(String(32))
     data: Mapped[str] = mapped_column(Text)

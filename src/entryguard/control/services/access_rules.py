@@ -23,39 +23,73 @@ async def add_rule(
     s.add(rule)
     await s.flush()
     await add_grant(s, r, cidr, "rule", rule.id, None, f"rule {rule.id} {desc}".strip())
-    await audit(s, actor, "rule.add", r.name, details={"rule_id": rule.id, "cidr": cidr, "description": desc},
-                org_id=r.org_id)
+    await audit(
+        s,
+        actor,
+        "rule.add",
+        r.name,
+        details={"rule_id": rule.id, "cidr": cidr, "description": desc},
+        org_id=r.org_id,
+    )
     return rule
 
 
 async def remove_rule(s: AsyncSession, rule_id: int, actor: str) -> tuple[StaticRule, Resource]:
-    row = (await s.execute(
-        select(StaticRule, Resource).join(Resource, Resource.id == StaticRule.resource_id)
-        .where(StaticRule.id == rule_id)
-    )).first()
+    row = (
+        await s.execute(
+            select(StaticRule, Resource)
+            .join(Resource, Resource.id == StaticRule.resource_id)
+            .where(StaticRule.id == rule_id)
+        )
+    ).first()
     if row is None:
         raise NotFound(f"no static rule {rule_id}: see `eg admin rule list`", code="rule_not_found")
     rule, r = row
-    await remove_source_grants(s, "rule", rule.id, "rule_removed", f"rule {rule.id} {rule.description}".strip())
-    await audit(s, actor, "rule.remove", r.name, details={"rule_id": rule.id, "cidr": rule.cidr},
-                org_id=r.org_id)
+    await remove_source_grants(
+        s, "rule", rule.id, "rule_removed", f"rule {rule.id} {rule.description}".strip()
+    )
+    await audit(
+        s,
+        actor,
+        "rule.remove",
+        r.name,
+        details={"rule_id": rule.id, "cidr": rule.cidr},
+        org_id=r.org_id,
+    )
     await s.delete(rule)
     await s.flush()
     return rule, r
 
 
 async def grant_guest(
-    s: AsyncSession, r: Resource, cidr: str, seconds: int, note: str | None, allow_any: bool, actor: str
+    s: AsyncSession,
+    r: Resource,
+    cidr: str,
+    seconds: int,
+    note: str | None,
+    allow_any: bool,
+    actor: str,
 ) -> GuestAccess:
     cidr = check_cidr(cidr, allow_any)
     note = check_text(note, "note")
-    g = GuestAccess(resource_id=r.id, cidr=cidr, note=note, created_by=actor,
-                    expires_at=utcnow() + timedelta(seconds=seconds))
+    g = GuestAccess(
+        resource_id=r.id,
+        cidr=cidr,
+        note=note,
+        created_by=actor,
+        expires_at=utcnow() + timedelta(seconds=seconds),
+    )
     s.add(g)
     await s.flush()
     await add_grant(s, r, cidr, "guest", g.id, g.expires_at, f"guest {g.id} {note}".strip())
-    await audit(s, actor, "guest.grant", r.name,
-                details={"guest_id": g.id, "cidr": cidr, "seconds": seconds, "note": note}, org_id=r.org_id)
+    await audit(
+        s,
+        actor,
+        "guest.grant",
+        r.name,
+        details={"guest_id": g.id, "cidr": cidr, "seconds": seconds, "note": note},
+        org_id=r.org_id,
+    )
     return g
 
 
@@ -64,16 +98,23 @@ async def end_guest(s: AsyncSession, g: GuestAccess, r: Resource, reason: str, a
     g.end_reason = reason
     await remove_source_grants(s, "guest", g.id, reason, f"guest {g.id} {g.note}".strip())
     action = "guest.expire" if reason == "expired" else "guest.revoke"
-    await audit(s, actor, action, r.name, details={"guest_id": g.id, "cidr": g.cidr}, org_id=r.org_id)
+    await audit(
+        s, actor, action, r.name, details={"guest_id": g.id, "cidr": g.cidr}, org_id=r.org_id
+    )
 
 
 async def revoke_guest(s: AsyncSession, guest_id: int, actor: str) -> tuple[GuestAccess, Resource]:
-    row = (await s.execute(
-        select(GuestAccess, Resource).join(Resource, Resource.id == GuestAccess.resource_id)
-        .where(GuestAccess.id == guest_id)
-    )).first()
+    row = (
+        await s.execute(
+            select(GuestAccess, Resource)
+            .join(Resource, Resource.id == GuestAccess.resource_id)
+            .where(GuestAccess.id == guest_id)
+        )
+    ).first()
     if row is None:
-        raise NotFound(f"no guest access {guest_id}: see `eg admin guest list`", code="guest_not_found")
+        raise NotFound(
+            f"no guest access {guest_id}: see `eg admin guest list`", code="guest_not_found"
+        )
     g, r = row
     if g.ended_at is None:
         await end_guest(s, g, r, "revoked", actor)
@@ -81,8 +122,12 @@ async def revoke_guest(s: AsyncSession, guest_id: int, actor: str) -> tuple[Gues
 
 
 async def due_guests(s: AsyncSession, *, lock: bool) -> list[tuple[GuestAccess, Resource]]:
-    q = (select(GuestAccess, Resource).join(Resource, Resource.id == GuestAccess.resource_id)
-         .where(GuestAccess.ended_at.is_(None), GuestAccess.expires_at <= utcnow()).limit(200))
+    q = (
+        select(GuestAccess, Resource)
+        .join(Resource, Resource.id == GuestAccess.resource_id)
+        .where(GuestAccess.ended_at.is_(None), GuestAccess.expires_at <= utcnow())
+        .limit(200)
+    )
     if lock:
         q = q.with_for_update(skip_locked=True, of=GuestAccess)
     return [(a, b) for a, b in (await s.execute(q)).all()]

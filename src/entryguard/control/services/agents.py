@@ -32,59 +32,98 @@ async def heartbeat(s: AsyncSession, key: ApiKey, info: dict[str, Any], ip: str)
     st.offline = False
     await s.flush()
     if was_offline:
-        await audit(s, f"agent {st.name}", "agent.online", st.name,
-                    details={"key": key.name, "version": st.version, "hostname": st.hostname}, ip=ip,
-                    org_id=key.org_id)
+        await audit(
+            s,
+            f"agent {st.name}",
+            "agent.online",
+            st.name,
+            details={"key": key.name, "version": st.version, "hostname": st.hostname},
+            ip=ip,
+            org_id=key.org_id,
+        )
 
 
 async def agent_tunnels(s: AsyncSession, key_id: int) -> list[Resource]:
-    return list((await s.execute(
-        select(Resource).where(Resource.agent_key_id == key_id, Resource.type == "tunnel").order_by(Resource.id)
-    )).scalars())
+    return list(
+        (
+            await s.execute(
+                select(Resource)
+                .where(Resource.agent_key_id == key_id, Resource.type == "tunnel")
+                .order_by(Resource.id)
+            )
+        ).scalars()
+    )
 
 
 async def list_agents(s: AsyncSession, offline_after: float) -> list[dict[str, Any]]:
-    keys = (await s.execute(select(ApiKey).where(ApiKey.revoked_at.is_(None)).order_by(ApiKey.name))).scalars()
+    keys = (
+        await s.execute(select(ApiKey).where(ApiKey.revoked_at.is_(None)).order_by(ApiKey.name))
+    ).scalars()
     out = []
     now = utcnow()
     for k in keys:
         if "agent:connect" not in k.scope_list:
             continue
         st = await s.get(AgentStatus, k.id)
-        res = (await s.execute(select(Resource).where(Resource.agent_key_id == k.id).order_by(Resource.name))).scalars()
-        connected = st is not None and not st.offline and (now - st.last_heartbeat).total_seconds() < offline_after
-        out.append({
-            "name": st.name if st else k.name,
-            "key_name": k.name,
-            "connected": connected,
-            "last_heartbeat": iso(st.last_heartbeat) if st else None,
-            "version": st.version if st else None,
-            "hostname": st.hostname if st else None,
-            "os": st.os if st else None,
-            "modes": [m for m in (st.modes if st else "").split(",") if m],
-            "tunnel_connected": bool(st and st.tunnel_connected and connected),
-            "targets": [t for r in res if (t := target(r))],
-            "resources": [r.name for r in res],
-        })
+        res = (
+            await s.execute(
+                select(Resource).where(Resource.agent_key_id == k.id).order_by(Resource.name)
+            )
+        ).scalars()
+        connected = (
+            st is not None
+            and not st.offline
+            and (now - st.last_heartbeat).total_seconds() < offline_after
+        )
+        out.append(
+            {
+                "name": st.name if st else k.name,
+                "key_name": k.name,
+                "connected": connected,
+                "last_heartbeat": iso(st.last_heartbeat) if st else None,
+                "version": st.version if st else None,
+                "hostname": st.hostname if st else None,
+                "os": st.os if st else None,
+                "modes": [m for m in (st.modes if st else "").split(",") if m],
+                "tunnel_connected": bool(st and st.tunnel_connected and connected),
+                "targets": [t for r in res if (t := target(r))],
+                "resources": [r.name for r in res],
+            }
+        )
     return out
 
 
 async def mark_offline(db: Database, offline_after: float) -> int:
     cutoff = utcnow() - timedelta(seconds=offline_after)
     async with db.read() as s:
-        due = (await s.execute(select(AgentStatus.key_id).where(
-            AgentStatus.offline.is_(False), AgentStatus.last_heartbeat < cutoff).limit(1))).first()
+        due = (
+            await s.execute(
+                select(AgentStatus.key_id)
+                .where(AgentStatus.offline.is_(False), AgentStatus.last_heartbeat < cutoff)
+                .limit(1)
+            )
+        ).first()
     if due is None:
         return 0
     n = 0
     async with db.write() as s:
-        rows = (await s.execute(select(AgentStatus).where(
-            AgentStatus.offline.is_(False), AgentStatus.last_heartbeat < cutoff))).scalars()
+        rows = (
+            await s.execute(
+                select(AgentStatus).where(
+                    AgentStatus.offline.is_(False), AgentStatus.last_heartbeat < cutoff
+                )
+            )
+        ).scalars()
         for st in list(rows):
             st.offline = True
             n += 1
-            await audit(s, "system", "agent.offline", st.name,
-                        details={"last_heartbeat": iso(st.last_heartbeat)})
+            await audit(
+                s,
+                "system",
+                "agent.offline",
+                st.name,
+                details={"last_heartbeat": iso(st.last_heartbeat)},
+            )
     return n
 
 

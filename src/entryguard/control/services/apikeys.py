@@ -18,8 +18,13 @@ SCOPES = ("agent:connect", "admin", "sessions")
 
 
 def agent_data(k: ApiKey, name: str | None = None) -> dict[str, Any]:
-    return {"key_id": k.id, "name": name or k.name, "prefix": k.prefix,
-            "key_sha256": k.key_hash, "expires_at": iso(k.expires_at)}
+    return {
+        "key_id": k.id,
+        "name": name or k.name,
+        "prefix": k.prefix,
+        "key_sha256": k.key_hash,
+        "expires_at": iso(k.expires_at),
+    }
 
 
 async def get_key(s: AsyncSession, name: str) -> ApiKey:
@@ -30,7 +35,12 @@ async def get_key(s: AsyncSession, name: str) -> ApiKey:
 
 
 async def create_key(
-    s: AsyncSession, owner: User, name: str, scopes: list[str], expires_seconds: int | None, actor: str
+    s: AsyncSession,
+    owner: User,
+    name: str,
+    scopes: list[str],
+    expires_seconds: int | None,
+    actor: str,
 ) -> tuple[ApiKey, str]:
     check_name(name, "API key name")
     clean = sorted(set(scopes))
@@ -38,19 +48,33 @@ async def create_key(
         raise BadRequest(f"give at least one scope: {', '.join(SCOPES)}", code="invalid_scope")
     bad = [sc for sc in clean if sc not in SCOPES]
     if bad:
-        raise BadRequest(f"unknown scope {bad[0]!r}: choose from {', '.join(SCOPES)}", code="invalid_scope")
+        raise BadRequest(
+            f"unknown scope {bad[0]!r}: choose from {', '.join(SCOPES)}", code="invalid_scope"
+        )
     if (await s.execute(select(ApiKey.id).where(ApiKey.name == name))).first():
         raise Conflict(f"an API key named {name!r} already exists", code="apikey_exists")
     sec = new_secret("eg")
-    k = ApiKey(org_id=owner.org_id, user_id=owner.id, name=name, prefix=sec.prefix, key_hash=sec.digest,
-               scopes=",".join(clean),
-               expires_at=utcnow() + timedelta(seconds=expires_seconds) if expires_seconds else None)
+    k = ApiKey(
+        org_id=owner.org_id,
+        user_id=owner.id,
+        name=name,
+        prefix=sec.prefix,
+        key_hash=sec.digest,
+        scopes=",".join(clean),
+        expires_at=utcnow() + timedelta(seconds=expires_seconds) if expires_seconds else None,
+    )
     s.add(k)
     await s.flush()
     if "agent:connect" in clean:
         await log_change(s, "agent.upsert", agent_data(k))
-    await audit(s, actor, "apikey.create", name, details={"scopes": clean, "prefix": k.prefix},
-                org_id=owner.org_id)
+    await audit(
+        s,
+        actor,
+        "apikey.create",
+        name,
+        details={"scopes": clean, "prefix": k.prefix},
+        org_id=owner.org_id,
+    )
     return k, sec.secret
 
 

@@ -28,10 +28,14 @@ async def check_edge_token(s: AsyncSession, token: str) -> EdgeToken:
     prefix = split_prefix(token)
     row = None
     if prefix and prefix.startswith("ege_"):
-        row = (await s.execute(select(EdgeToken).where(EdgeToken.prefix == prefix))).scalar_one_or_none()
+        row = (
+            await s.execute(select(EdgeToken).where(EdgeToken.prefix == prefix))
+        ).scalar_one_or_none()
     if row is None or row.revoked_at is not None or not matches(token, row.token_hash):
-        raise Unauthorized("invalid edge token: create one with `entryguard edge-token create`",
-                           code="invalid_edge_token")
+        raise Unauthorized(
+            "invalid edge token: create one with `entryguard edge-token create`",
+            code="invalid_edge_token",
+        )
     return row
 
 
@@ -44,12 +48,20 @@ async def snapshot(s: AsyncSession) -> dict[str, Any]:
     # writer holds the global write lock, so reading the revision first and the rows
     # after can only show rows of a *later* revision, which replaying is idempotent for.
     revision = await current_revision(s)
-    tunnels = (await s.execute(select(Resource).where(Resource.type == "tunnel").order_by(Resource.id))).scalars()
-    keys = (await s.execute(select(ApiKey).where(ApiKey.revoked_at.is_(None)).order_by(ApiKey.id))).scalars()
-    grants = (await s.execute(
-        select(Grant).join(Resource, Resource.id == Grant.resource_id)
-        .where(Resource.type == "tunnel").order_by(Grant.id)
-    )).scalars()
+    tunnels = (
+        await s.execute(select(Resource).where(Resource.type == "tunnel").order_by(Resource.id))
+    ).scalars()
+    keys = (
+        await s.execute(select(ApiKey).where(ApiKey.revoked_at.is_(None)).order_by(ApiKey.id))
+    ).scalars()
+    grants = (
+        await s.execute(
+            select(Grant)
+            .join(Resource, Resource.id == Grant.resource_id)
+            .where(Resource.type == "tunnel")
+            .order_by(Grant.id)
+        )
+    ).scalars()
     return {
         "revision": revision,
         "server_time": iso(utcnow()),
@@ -63,11 +75,15 @@ async def changes_since(s: AsyncSession, since: int, limit: int) -> list[dict[st
     oldest = (await s.execute(select(func.min(Change.revision)))).scalar_one_or_none()
     newest = await current_revision(s)
     if since > newest or (oldest is not None and since < oldest - 1):
-        raise Gone(f"revision {since} is no longer available: fetch /edge/snapshot again",
-                   code="revision_gone")
-    rows = (await s.execute(
-        select(Change).where(Change.revision > since).order_by(Change.revision).limit(limit)
-    )).scalars()
+        raise Gone(
+            f"revision {since} is no longer available: fetch /edge/snapshot again",
+            code="revision_gone",
+        )
+    rows = (
+        await s.execute(
+            select(Change).where(Change.revision > since).order_by(Change.revision).limit(limit)
+        )
+    ).scalars()
     return [{"revision": c.revision, "op": c.op, "data": json.loads(c.data)} for c in rows]
 
 
@@ -95,8 +111,9 @@ class ChangeNotifier:
         async with self._cond:
             with contextlib.suppress(TimeoutError):
                 # Re-check every 2 s in case a NOTIFY was missed (listener reconnecting).
-                await asyncio.wait_for(self._cond.wait_for(lambda: self._generation != gen),
-                                       timeout=min(timeout, 2.0))
+                await asyncio.wait_for(
+                    self._cond.wait_for(lambda: self._generation != gen), timeout=min(timeout, 2.0)
+                )
 
     async def start(self) -> None:
         if not self.db.is_postgres:

@@ -22,10 +22,13 @@ log = logging.getLogger("entryguard.expiry")
 
 async def _guests_due(db: Database) -> bool:
     async with db.read() as s:
-        return (await s.execute(
-            select(GuestAccess.id).where(GuestAccess.ended_at.is_(None), GuestAccess.expires_at <= utcnow())
-            .limit(1)
-        )).first() is not None
+        return (
+            await s.execute(
+                select(GuestAccess.id)
+                .where(GuestAccess.ended_at.is_(None), GuestAccess.expires_at <= utcnow())
+                .limit(1)
+            )
+        ).first() is not None
 
 
 async def expire_once(db: Database) -> int:

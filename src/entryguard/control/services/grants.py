@@ -41,9 +41,9 @@ def grant_data(g: Grant) -> dict[str, Any]:
 async def _same_cidr_grants(s: AsyncSession, resource_id: int, cidr: str) -> int:
     return (
         await s.execute(
-            select(func.count()).select_from(Grant).where(
-                Grant.resource_id == resource_id, Grant.cidr == cidr
-            )
+            select(func.count())
+            .select_from(Grant)
+            .where(Grant.resource_id == resource_id, Grant.cidr == cidr)
         )
     ).scalar_one()
 
@@ -72,7 +72,13 @@ async def add_grant(
     description: str,
 ) -> Grant:
     first = resource.type == "script" and await _same_cidr_grants(s, resource.id, cidr) == 0
-    g = Grant(resource_id=resource.id, cidr=cidr, source=source, source_id=source_id, expires_at=expires_at)
+    g = Grant(
+        resource_id=resource.id,
+        cidr=cidr,
+        source=source,
+        source_id=source_id,
+        expires_at=expires_at,
+    )
     s.add(g)
     await s.flush()
     await log_change(s, "grant.add", grant_data(g))
@@ -86,7 +92,9 @@ async def remove_grant(
 ) -> None:
     await s.delete(g)
     await s.flush()
-    await log_change(s, "grant.remove", {"id": g.id, "resource_id": g.resource_id, "reason": reason})
+    await log_change(
+        s, "grant.remove", {"id": g.id, "resource_id": g.resource_id, "reason": reason}
+    )
     if resource.type == "script" and await _same_cidr_grants(s, resource.id, g.cidr) == 0:
         _queue(s, resource, "revoke", g.cidr, description)
 
@@ -118,7 +126,9 @@ async def user_resources(s: AsyncSession, user_id: int) -> list[Resource]:
                 .distinct()
                 .order_by(Resource.name)
             )
-        ).scalars().all()
+        )
+        .scalars()
+        .all()
     )
 
 
@@ -130,7 +140,9 @@ def session_description(session: Session, user: User) -> str:
     return f"session {session.id} {user.email}"
 
 
-async def reconcile_session(s: AsyncSession, session: Session, user: User, reason: str) -> tuple[int, int]:
+async def reconcile_session(
+    s: AsyncSession, session: Session, user: User, reason: str
+) -> tuple[int, int]:
     """Make the session's grants match the user's current roles; returns (added, removed)."""
     wanted = {r.id: r for r in ([] if user.disabled_at else await user_resources(s, user.id))}
     have = (
@@ -152,7 +164,9 @@ async def reconcile_session(s: AsyncSession, session: Session, user: User, reaso
     added = 0
     for rid, r in wanted.items():
         if rid not in held:
-            await add_grant(s, r, session_cidr(session.ip), "session", session.id, session.expires_at, desc)
+            await add_grant(
+                s, r, session_cidr(session.ip), "session", session.id, session.expires_at, desc
+            )
             added += 1
     return added, removed
 

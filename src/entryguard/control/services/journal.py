@@ -82,21 +82,33 @@ async def verify_chain(s: AsyncSession, batch: int = 2000) -> ChainCheck:
     last_id = 0
     while True:
         rows = (
-            await s.execute(
-                select(AuditEvent).where(AuditEvent.id > last_id).order_by(AuditEvent.id).limit(batch)
+            (
+                await s.execute(
+                    select(AuditEvent)
+                    .where(AuditEvent.id > last_id)
+                    .order_by(AuditEvent.id)
+                    .limit(batch)
+                )
             )
-        ).scalars().all()
+            .scalars()
+            .all()
+        )
         if not rows:
             break
         for ev in rows:
             if ev.prev_hash != prev:
                 return ChainCheck(
-                    False, checked, ev.id,
+                    False,
+                    checked,
+                    ev.id,
                     f"audit event {ev.id}: chain broken before it (an earlier event was deleted or altered)",
                 )
             if chain_hash(prev, ev) != ev.hash:
                 return ChainCheck(
-                    False, checked, ev.id, f"audit event {ev.id} was altered: its hash does not match"
+                    False,
+                    checked,
+                    ev.id,
+                    f"audit event {ev.id} was altered: its hash does not match",
                 )
             prev = ev.hash
             checked += 1

@@ -17,14 +17,22 @@ from entryguard.control.settings import PortRange
 
 
 def tunnel_data(r: Resource) -> dict[str, Any]:
-    return {"id": r.id, "name": r.name, "port": r.port, "agent_key_id": r.agent_key_id,
-            "target_host": r.target_host, "target_port": r.target_port}
+    return {
+        "id": r.id,
+        "name": r.name,
+        "port": r.port,
+        "agent_key_id": r.agent_key_id,
+        "target_host": r.target_host,
+        "target_port": r.target_port,
+    }
 
 
 async def get_resource(s: AsyncSession, name: str) -> Resource:
     r = (await s.execute(select(Resource).where(Resource.name == name))).scalar_one_or_none()
     if r is None:
-        raise NotFound(f"no resource {name!r}: see `eg admin resource list`", code="resource_not_found")
+        raise NotFound(
+            f"no resource {name!r}: see `eg admin resource list`", code="resource_not_found"
+        )
     return r
 
 
@@ -44,23 +52,34 @@ async def allocate_port(s: AsyncSession, ports: PortRange) -> int:
 def _check_host(host: str | None) -> str:
     host = (host or "").strip()
     if not host or len(host) > 253 or any(c.isspace() or c in "/@?#" for c in host):
-        raise BadRequest("target host must be a host name or IP address, e.g. 10.0.1.50",
-                         code="invalid_target")
+        raise BadRequest(
+            "target host must be a host name or IP address, e.g. 10.0.1.50", code="invalid_target"
+        )
     return host
 
 
 async def create_resource(
-    s: AsyncSession, org_id: int, *, name: str, type_: str, agent: str,
-    target_host: str | None, target_port: int | None, script_dir: str | None,
-    ports: PortRange, actor: str,
+    s: AsyncSession,
+    org_id: int,
+    *,
+    name: str,
+    type_: str,
+    agent: str,
+    target_host: str | None,
+    target_port: int | None,
+    script_dir: str | None,
+    ports: PortRange,
+    actor: str,
 ) -> Resource:
     check_name(name, "resource name")
     if type_ not in ("tunnel", "script"):
         raise BadRequest("resource type must be 'tunnel' or 'script'", code="invalid_type")
     key: ApiKey = await get_key(s, agent)
     if "agent:connect" not in key.scope_list or key.revoked_at is not None:
-        raise BadRequest(f"API key {agent!r} is not a live agent credential (scope agent:connect)",
-                         code="invalid_agent")
+        raise BadRequest(
+            f"API key {agent!r} is not a live agent credential (scope agent:connect)",
+            code="invalid_agent",
+        )
     if (await s.execute(select(Resource.id).where(Resource.name == name))).first():
         raise Conflict(f"a resource named {name!r} already exists", code="resource_exists")
     r = Resource(org_id=org_id, name=name, type=type_, agent_key_id=key.id)
@@ -73,29 +92,50 @@ async def create_resource(
     else:
         d = check_text(script_dir, "script directory", 1024).strip()
         if not d.startswith("/") and not (len(d) > 2 and d[1] == ":"):
-            raise BadRequest("script directory must be an absolute path on the agent's host",
-                             code="invalid_script_dir")
+            raise BadRequest(
+                "script directory must be an absolute path on the agent's host",
+                code="invalid_script_dir",
+            )
         r.script_dir = d
     s.add(r)
     await s.flush()
     if type_ == "tunnel":
         await log_change(s, "tunnel.upsert", tunnel_data(r))
-    await audit(s, actor, "resource.create", name,
-                details={"type": type_, "agent": agent, "port": r.port, "target_host": r.target_host,
-                         "target_port": r.target_port, "script_dir": r.script_dir}, org_id=org_id)
+    await audit(
+        s,
+        actor,
+        "resource.create",
+        name,
+        details={
+            "type": type_,
+            "agent": agent,
+            "port": r.port,
+            "target_host": r.target_host,
+            "target_port": r.target_port,
+            "script_dir": r.script_dir,
+        },
+        org_id=org_id,
+    )
     return r
 
 
 async def delete_resource(s: AsyncSession, r: Resource, actor: str) -> None:
     from entryguard.control.db.models import Grant
 
-    grants = (await s.execute(select(Grant).where(Grant.resource_id == r.id).order_by(Grant.id))).scalars()
+    grants = (
+        await s.execute(select(Grant).where(Grant.resource_id == r.id).order_by(Grant.id))
+    ).scalars()
     for g in list(grants):
         await remove_grant(s, g, r, "resource_deleted", f"resource {r.name} deleted")
-    user_ids = list((await s.execute(
-        select(RoleUser.user_id).join(RoleResource, RoleResource.role_id == RoleUser.role_id)
-        .where(RoleResource.resource_id == r.id)
-    )).scalars())
+    user_ids = list(
+        (
+            await s.execute(
+                select(RoleUser.user_id)
+                .join(RoleResource, RoleResource.role_id == RoleUser.role_id)
+                .where(RoleResource.resource_id == r.id)
+            )
+        ).scalars()
+    )
     if r.type == "tunnel":
         await log_change(s, "tunnel.remove", {"id": r.id})
     await audit(s, actor, "resource.delete", r.name, details={"port": r.port}, org_id=r.org_id)

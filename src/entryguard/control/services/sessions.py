@@ -49,9 +49,13 @@ async def end_session(
     n = await remove_source_grants(s, "session", sess.id, reason, session_description(sess, user))
     action = "session.expire" if reason == "expired" else "session.stop"
     await audit(
-        s, actor, action, f"session {sess.id}",
+        s,
+        actor,
+        action,
+        f"session {sess.id}",
         details={"user": user.email, "ip": sess.ip, "reason": reason, "grants_removed": n},
-        ip=ip, org_id=user.org_id,
+        ip=ip,
+        org_id=user.org_id,
     )
 
 
@@ -64,15 +68,26 @@ async def start_session(
     if old is not None:
         await end_session(s, old, user, "replaced", user.email, ip)
     now = utcnow()
-    sess = Session(user_id=user.id, ip=ip, started_at=now, expires_at=now + timedelta(seconds=seconds))
+    sess = Session(
+        user_id=user.id, ip=ip, started_at=now, expires_at=now + timedelta(seconds=seconds)
+    )
     s.add(sess)
     await s.flush()
     added, _ = await reconcile_session(s, sess, user, "session_started")
     await audit(
-        s, user.email, "session.start", f"session {sess.id}",
-        details={"ip": ip, "seconds": seconds, "requested_seconds": requested_seconds,
-                 "capped": seconds < requested_seconds, "grants_added": added},
-        ip=ip, org_id=user.org_id,
+        s,
+        user.email,
+        "session.start",
+        f"session {sess.id}",
+        details={
+            "ip": ip,
+            "seconds": seconds,
+            "requested_seconds": requested_seconds,
+            "capped": seconds < requested_seconds,
+            "grants_added": added,
+        },
+        ip=ip,
+        org_id=user.org_id,
     )
     return {
         "session": sess,
@@ -86,13 +101,17 @@ async def start_session(
 async def stop_session(s: AsyncSession, user: User, ip: str | None) -> Session:
     sess = await active_session(s, user.id)
     if sess is None:
-        raise NotFound("you have no active session: start one with `eg session start`",
-                       code="no_active_session")
+        raise NotFound(
+            "you have no active session: start one with `eg session start`",
+            code="no_active_session",
+        )
     await end_session(s, sess, user, "stopped", user.email, ip)
     return sess
 
 
-async def due_sessions(s: AsyncSession, limit: int = 200, *, lock: bool = False) -> list[tuple[Session, User]]:
+async def due_sessions(
+    s: AsyncSession, limit: int = 200, *, lock: bool = False
+) -> list[tuple[Session, User]]:
     q = (
         select(Session, User)
         .join(User, User.id == Session.user_id)
@@ -109,7 +128,9 @@ async def due_sessions(s: AsyncSession, limit: int = 200, *, lock: bool = False)
 async def any_due(s: AsyncSession) -> bool:
     return (
         await s.execute(
-            select(Session.id).where(Session.ended_at.is_(None), Session.expires_at <= utcnow()).limit(1)
+            select(Session.id)
+            .where(Session.ended_at.is_(None), Session.expires_at <= utcnow())
+            .limit(1)
         )
     ).first() is not None
 
@@ -118,5 +139,3 @@ async def end_user_sessions(s: AsyncSession, user: User, reason: str, actor: str
     sess = await active_session(s, user.id)
     if sess is not None:
         await end_session(s, sess, user, reason, actor)
-
-

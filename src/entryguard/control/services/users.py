@@ -22,7 +22,9 @@ from entryguard.control.services.validation import check_email
 
 
 async def get_user(s: AsyncSession, email: str) -> User:
-    u = (await s.execute(select(User).where(User.email == email.strip().lower()))).scalar_one_or_none()
+    u = (
+        await s.execute(select(User).where(User.email == email.strip().lower()))
+    ).scalar_one_or_none()
     if u is None:
         raise NotFound(f"no user {email!r}: see `eg admin user list`", code="user_not_found")
     return u
@@ -36,7 +38,9 @@ async def create_user(
     if password is None:
         password = generated = generate_password()
     if len(password) < MIN_PASSWORD:
-        raise BadRequest(f"password must be at least {MIN_PASSWORD} characters", code="weak_password")
+        raise BadRequest(
+            f"password must be at least {MIN_PASSWORD} characters", code="weak_password"
+        )
     if len(password) > 1024:
         raise BadRequest("password is longer than 1024 characters", code="too_long")
     if (await s.execute(select(User.id).where(User.email == email))).first():
@@ -55,7 +59,8 @@ async def disable_user(s: AsyncSession, email: str, actor: str) -> User:
     u.disabled_at = utcnow()
     await end_user_sessions(s, u, "user_disabled", actor)
     await s.execute(
-        update(LoginToken).where(LoginToken.user_id == u.id, LoginToken.revoked_at.is_(None))
+        update(LoginToken)
+        .where(LoginToken.user_id == u.id, LoginToken.revoked_at.is_(None))
         .values(revoked_at=utcnow())
     )
     await audit(s, actor, "user.disable", u.email, org_id=u.org_id)
@@ -66,22 +71,36 @@ async def login(
     s: AsyncSession, email: str, password: str, ip: str, ttl_seconds: int
 ) -> tuple[str, LoginToken, User] | None:
     """None for a failed login, which is audited: the caller commits, then refuses."""
-    u = (await s.execute(select(User).where(User.email == email.strip().lower()))).scalar_one_or_none()
+    u = (
+        await s.execute(select(User).where(User.email == email.strip().lower()))
+    ).scalar_one_or_none()
     ok = verify_password(u.password_hash if u else None, password)
     if u is None or not ok or u.disabled_at is not None:
-        await audit(s, email[:254], "auth.login_failed", email[:254], ip=ip,
-                    details={"reason": "disabled" if (u and ok) else "bad_credentials"})
+        await audit(
+            s,
+            email[:254],
+            "auth.login_failed",
+            email[:254],
+            ip=ip,
+            details={"reason": "disabled" if (u and ok) else "bad_credentials"},
+        )
         return None
     sec = new_secret("egs")
-    tok = LoginToken(user_id=u.id, prefix=sec.prefix, token_hash=sec.digest,
-                     expires_at=utcnow() + timedelta(seconds=ttl_seconds))
+    tok = LoginToken(
+        user_id=u.id,
+        prefix=sec.prefix,
+        token_hash=sec.digest,
+        expires_at=utcnow() + timedelta(seconds=ttl_seconds),
+    )
     s.add(tok)
     await s.flush()
     await audit(s, u.email, "auth.login", u.email, ip=ip, org_id=u.org_id)
     return sec.secret, tok, u
 
 
-async def bootstrap(s: AsyncSession, email: str, password: str | None) -> tuple[User, str | None] | None:
+async def bootstrap(
+    s: AsyncSession, email: str, password: str | None
+) -> tuple[User, str | None] | None:
     """On first start: the organisation and its admin. Returns None when already set up."""
     if (await s.execute(select(Organization.id).limit(1))).first():
         return None

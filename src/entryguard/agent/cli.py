@@ -1,0 +1,171 @@
+"""`eg-agent`: init, run, check, version."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+from entryguard import __version__
+from entryguard.agent.config import (
+    ConfigError,
+    default_config_path,
+    dump_config,
+    load_config,
+    parse_config,
+)
+
+app = typer.Typer(
+    help="The EntryGuard agent: tunnels to private targets, and your apply/revoke scripts.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+out = Console(highlight=False)
+err = Console(stderr=True, highlight=False)
+
+ConfigOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--config", "-c", help="Config file (default: /etc/eg-agent/config.yml or EG_AGENT_CONFIG)."
+    ),
+]
+
+
+def fail(message: str, code: int = 1) -> None:
+    err.print(f"error: {message}")
+    raise typer.Exit(code)
+
+
+def _config_path(config: Path | None) -> Path:
+    return config or default_config_path()
+
+
+@app.command()
+def version() -> None:
+    """Print the agent's version."""
+    out.print(f"eg-agent {__version__}")
+
+
+@app.command()
+def init(
+    config: ConfigOpt = None,
+    server_url: Annotated[
+        str | None, typer.Option(help="Control plane URL, e.g. https://entryguard.example.com")
+    ] = None,
+    api_key: Annotated[
+        str | None, typer.Option(help="API key with the agent:connect scope (eg_…).")
+    ] = None,
+    name: Annotated[str | None, typer.Option(help="Agent name shown to admins.")] = None,
+    tunnel: Annotated[bool, typer.Option("--tunnel", help="Enable tunnel mode.")] = False,
+    edge_url: Annotated[
+        str | None, typer.Option(help="Edge address (ws:// or wss://) for tunnel mode.")
+    ] = None,
+    scripts_dir: Annotated[
+        list[str],
+        typer.Option(
+            "--scripts-dir", help="Allowed script directory (repeatable); enables script mode."
+        ),
+    ] = [],  # noqa: B006
+    force: Annotated[bool, typer.Option(help="Overwrite an existing config file.")] = False,
+) -> None:
+    """Write a config file (mode 0600), asking for what is missing when on a terminal."""
+    path = _config_path(config)
+    if path.exists() and not force:
+        fail(f"{path} already exists: pass --force to overwrite it")
+    interactive = sys.stdin.isatty()
+
+    def ask(value: str | None, prompt: str, hide: bool = False, default: str | None = None) -> str:
+        if value:
+            return value
+        if not interactive:
+            fail(f"missing {prompt.lower()}: pass it as a flag (see `eg-agent init --help`)", 2)
+        return str(typer.prompt(prompt, hide_input=hide, default=default))
+
+    import socket
+
+    server_url = ask(server_url, "Server URL", default="http://127.0.0.1:8080")
+    api_key = ask(api_key, "API key (eg_…)", hide=True)
+    name = ask(name, "Agent name", default=socket.gethostname())
+    if tunnel or edge_url:
+        tunnel = True
+        edge_url = ask(edge_url, "Edge URL (ws:// or wss://)", default="ws://127.0.0.1:8081")
+    if not tunnel and not scripts_dir and interactive:
+        tunnel = typer.confirm("Enable tunnel mode?", default=True)
+        if tunnel:
+            edge_url = ask(None, "Edge URL (ws:// or wss://)", default="ws://127.0.0.1:8081")
+        d = typer.prompt(
+            "Allowed script directory (empty: no script mode)", default="", show_default=False
+        )
+        if d:
+            scripts_dir = [d]
+    data: dict[str, Any] = {
+        "server": {"url": server_url, "api_key": api_key},
+        "agent": {"name": name},
+        "tunnel": {"enabled": bool(tunnel), **({"edge_url": edge_url} if edge_url else {})},
+        "scripts": {"enabled": bool(scripts_dir), "allowed_dirs": scripts_dir, "timeout": "30s"},
+    }
+    try:
+        parse_config(data, path)
+    except ConfigError as exc:
+        fail(str(exc))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(dump_config(data))
+    os.chmod(path, 0o600)
+    out.print(f"✓ wrote {path} (mode 0600)")
+    out.print(f"  check it with: eg-agent check --config {path}")
+    out.print(f"  run it with:   eg-agent run --config {path}")
+
+
+@app.command()
+def check(config: ConfigOpt = None) -> None:
+    """Validate the config, reach the control plane and (in tunnel mode) the edge."""
+    from entryguard.agent.checks import run_checks
+
+    path = _config_path(config)
+    try:
+        cfg = load_config(path)
+    except ConfigError as exc:
+        fail(str(exc))
+    out.print(f"✓ config {path} is valid (modes: {', '.join(cfg.modes)})")
+    problems = asyncio.run(run_checks(cfg, out))
+    if problems:
+        raise typer.Exit(1)
+
+
+@app.command()
+def run(
+    config: ConfigOpt = None,
+    log_level: Annotated[str, typer.Option(help="debug, info, warning")] = "info",
+) -> None:
+    """Run the agent in the foreground (systemd runs this)."""
+    from entryguard.agent.runtime import run_agent
+
+    logging.basicConfig(
+        level=getattr(logging, log_level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(message)s",
+        stream=sys.stderr,
+    )
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    logging.getLogger("websockets").setLevel(logging.WARNING)
+    path = _config_path(config)
+    try:
+        cfg = load_config(path)
+    except ConfigError as exc:
+        fail(str(exc))
+    try:
+        asyncio.run(run_agent(cfg))
+    except KeyboardInterrupt:
+        pass
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,248 @@
+"""Tunnel mode: an outbound WebSocket to the edge; dial only configured targets.
+
+OPEN names a tunnel id, never a host: the agent maps it to a target from the list it
+fetched from the control plane and refuses anything outside ``tunnel.allowed_targets``
+(checked against the *resolved* address, so a DNS name cannot smuggle a dial out of
+the allowed networks). No frame can make it connect anywhere else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import random
+import socket
+import ssl
+from typing import Any
+
+import websockets
+from websockets.asyncio.client import ClientConnection
+
+from entryguard import __version__
+from entryguard.agent.config import AgentConfig
+from entryguard.agent.control_client import ControlClient, ControlPlaneError, TunnelTarget
+from entryguard.mux import MuxConnection, ResetCode
+from entryguard.net import IPNetwork, normalize_ip
+from entryguard.relay.link import MuxLink
+from entryguard.relay.stream import SocketStream
+
+log = logging.getLogger("entryguard.agent")
+
+BACKOFF_MAX = 30.0
+REFRESH_INTERVAL = 30.0
+DIAL_TIMEOUT = 10.0
+
+
+class TargetStream(SocketStream):
+    """The target side of one stream: buffers early data until the dial completes."""
+
+    def __init__(self, link: MuxLink, stream_id: int, agent: TunnelClient) -> None:
+        super().__init__(link, stream_id)
+        self.agent = agent
+
+    def on_closed(self) -> None:
+        self.agent.streams.discard(self)
+        if not self.agent.streams:
+            self.agent.idle.set()
+
+
+class TunnelClient:
+    def __init__(self, cfg: AgentConfig, control: ControlClient) -> None:
+        self.cfg = cfg
+        self.control = control
+        assert cfg.tunnel.edge_url
+        self.edge_url = cfg.tunnel.edge_url
+        self.allowed: list[IPNetwork] | None = cfg.tunnel.target_networks()
+        self.targets: dict[int, TunnelTarget] = {}
+        self.link: MuxLink | None = None
+        self.streams: set[TargetStream] = set()
+        self.connected = asyncio.Event()
+        self._refresh = asyncio.Event()
+        self._draining = False
+        self.idle = asyncio.Event()  # set whenever the last open stream closes
+
+    # --- targets ---------------------------------------------------------------------
+
+    async def refresh_targets(self) -> None:
+        new = {t.id: t for t in await self.control.tunnels()}
+        if new != self.targets or not self.targets:
+            self.targets = new
+            shown = ", ".join(str(t) for t in new.values())
+            log.info("[tunnel] targets updated: [%s]", shown)
+
+    async def _refresh_loop(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._refresh.wait(), REFRESH_INTERVAL)
+            self._refresh.clear()
+            try:
+                await self.refresh_targets()
+            except ControlPlaneError as exc:
+                log.warning("[tunnel] could not refresh targets: %s", exc)
+
+    # --- dialing -----------------------------------------------------------------------
+
+    async def _resolve_allowed(self, t: TunnelTarget) -> list[tuple[Any, ...]]:
+        loop = asyncio.get_running_loop()
+        infos = await loop.getaddrinfo(t.host, t.port, type=socket.SOCK_STREAM)
+        if self.allowed is None:
+            return list(infos)
+        ok = []
+        for info in infos:
+            ip = normalize_ip(ipaddress.ip_address(info[4][0]))
+            if any(ip.version == n.version and ip in n for n in self.allowed):
+                ok.append(info)
+        return ok
+
+    def _on_open(self, stream_id: int, ev: Any) -> None:
+        link = self.link
+        assert link is not None
+        target = self.targets.get(int(ev.tunnel_id))
+        if target is None or self._draining:
+            log.warning(
+                "[tunnel] refused stream for tunnel %s from %s: not a tunnel this agent serves",
+                ev.tunnel_id,
+                getattr(ev, "client_addr", "?"),
+            )
+            link.reset(stream_id, ResetCode.NOT_ALLOWED, "tunnel not served by this agent")
+            self._refresh.set()  # maybe our list is stale
+            return
+        stream = TargetStream(link, stream_id, self)
+        link.register(stream_id, stream)
+        self.streams.add(stream)
+        asyncio.get_running_loop().create_task(self._dial(stream, target))
+
+    async def _dial(self, stream: TargetStream, target: TunnelTarget) -> None:
+        link = stream.link
+        try:
+            infos = await self._resolve_allowed(target)
+            if not infos:
+                log.warning(
+                    "[tunnel] refused dial to %s: not within tunnel.allowed_targets", target
+                )
+                stream.abort(ResetCode.NOT_ALLOWED, "target outside the agent's allowed_targets")
+                return
+            loop = asyncio.get_running_loop()
+            last: Exception | None = None
+            for family, _type, proto, _, addr in infos:
+                try:
+                    await asyncio.wait_for(
+                        loop.create_connection(
+                            lambda: stream, host=addr[0], port=addr[1], family=family, proto=proto
+                        ),
+                        DIAL_TIMEOUT,
+                    )
+                    break
+                except (OSError, TimeoutError) as exc:
+                    last = exc
+            else:
+                raise last or OSError("no address")
+        except (OSError, TimeoutError) as exc:
+            if stream.closed:
+                return
+            refused = isinstance(exc, ConnectionRefusedError)
+            log.warning("[tunnel] dial %s failed: %s", target, exc)
+            stream.abort(
+                ResetCode.REFUSED if refused else ResetCode.UNREACHABLE, f"dial {target}: {exc}"
+            )
+            return
+        if stream.closed:  # reset while we were dialing
+            if stream.transport is not None:
+                stream.transport.close()
+            return
+        link.mux.send_opened(stream.stream_id)  # type: ignore[arg-type]
+        link.kick()
+        stream.attach()
+
+    def _on_control(self, msg: dict[str, Any]) -> None:
+        kind = msg.get("type")
+        if kind == "targets_changed":
+            self._refresh.set()
+        elif kind == "hello":
+            log.debug("[tunnel] edge hello: %s", msg)
+        elif kind == "goaway":
+            log.info("[tunnel] edge is going away: %s", msg.get("reason", ""))
+
+    # --- the connection loop -------------------------------------------------------------
+
+    async def run(self) -> None:
+        refresher = asyncio.create_task(self._refresh_loop())
+        backoff = 0.5
+        try:
+            while True:
+                try:
+                    await self.refresh_targets()
+                except ControlPlaneError as exc:
+                    log.warning("[tunnel] could not fetch targets: %s", exc)
+                log.info("[tunnel] connecting to edge at %s", self.edge_url)
+                try:
+                    ssl_ctx = None
+                    if self.edge_url.startswith("wss://"):
+                        ssl_ctx = ssl.create_default_context(cafile=self.cfg.tunnel.ca_file)
+                    async with websockets.connect(
+                        f"{self.edge_url}/agent/connect",
+                        ssl=ssl_ctx,
+                        compression=None,
+                        open_timeout=15,
+                        additional_headers={"Authorization": f"Bearer {self.cfg.server.api_key}"},
+                        user_agent_header=f"eg-agent/{__version__}",
+                        ping_interval=10,
+                        ping_timeout=15,
+                        max_size=2 * 1024 * 1024,
+                        max_queue=64,
+                        write_limit=512 * 1024,
+                    ) as ws:
+                        backoff = 0.5
+                        await self._serve(ws)
+                    log.warning("[tunnel] disconnected from edge at %s", self.edge_url)
+                except websockets.InvalidStatus as exc:
+                    log.error(
+                        "[tunnel] edge refused the connection (HTTP %d): check server.api_key has the "
+                        "agent:connect scope",
+                        exc.response.status_code,
+                    )
+                except (OSError, TimeoutError, websockets.WebSocketException) as exc:
+                    log.warning("[tunnel] cannot reach edge at %s: %s", self.edge_url, exc)
+                self.connected.clear()
+                if self._draining:
+                    return
+                delay = min(BACKOFF_MAX, backoff) * (0.5 + random.random() / 2)
+                await asyncio.sleep(delay)
+                backoff = min(BACKOFF_MAX, backoff * 2)
+        finally:
+            refresher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await refresher
+
+    async def _serve(self, ws: ClientConnection) -> None:
+        mux = MuxConnection(role="agent")
+        link = MuxLink(ws, mux, "edge", on_open=self._on_open, on_control=self._on_control)
+        self.link = link
+        mux.send_control(
+            {
+                "type": "hello",
+                "version": 1,
+                "agent": __version__,
+                "name": self.cfg.agent.name,
+                "window": mux.initial_window,
+            }
+        )
+        link.kick()
+        log.info("[tunnel] connected to edge at %s", self.edge_url)
+        self.connected.set()
+        try:
+            await link.run()
+        finally:
+            self.link = None
+
+    async def drain(self, timeout: float) -> None:
+        """SIGTERM: accept no new streams, let open ones finish for up to ``timeout``."""
+        self._draining = True
+        if self.streams:
+            self.idle.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.idle.wait(), timeout)
+        if self.link is not None:
+            await self.link.ws.close(1001, "agent shutting down")

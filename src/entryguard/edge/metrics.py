@@ -1,0 +1,38 @@
+"""Counters the edge exposes on /metrics (Prometheus text format 0.0.4)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+
+@dataclass
+class EdgeMetrics:
+    connections_total: int = 0
+    """Client connections accepted and relayed."""
+    rejections_total: int = 0
+    """Client connections reset because no grant covered the IP (or no agent)."""
+    revocations_total: int = 0
+    """Live connections reset because their grant went."""
+    bytes_to_agent_total: int = 0
+    """Bytes from clients relayed towards agents."""
+    bytes_from_agent_total: int = 0
+    """Bytes from agents relayed to clients."""
+    protocol_errors_total: int = 0
+    """Mux protocol errors (stream- or connection-scoped)."""
+
+    def render(self, gauges: dict[str, tuple[str, float]]) -> str:
+        lines: list[str] = []
+        for f in fields(self):
+            name = f"entryguard_edge_{f.name}"
+            doc = self.__class__.__dataclass_fields__[f.name].metadata.get("doc") or f.name.replace(
+                "_", " "
+            )
+            lines += [
+                f"# HELP {name} {doc}",
+                f"# TYPE {name} counter",
+                f"{name} {getattr(self, f.name)}",
+            ]
+        for g, (doc, value) in gauges.items():
+            name = f"entryguard_edge_{g}"
+            lines += [f"# HELP {name} {doc}", f"# TYPE {name} gauge", f"{name} {value:g}"]
+        return "\n".join(lines) + "\n"

@@ -1,0 +1,345 @@
+"""The edge: follows the control plane, serves agents' WebSockets and tunnel ports.
+
+It never talks to the database. Grants are enforced here on the edge's own clock,
+so an expired grant stops admitting (and its connections are cut) even while the
+control plane is unreachable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import ssl
+import time
+from http import HTTPStatus
+from typing import Any
+
+import websockets
+from websockets.asyncio.server import Server, ServerConnection
+from websockets.datastructures import Headers
+from websockets.http11 import Request, Response
+
+from entryguard import __version__
+from entryguard.edge.follower import ControlPlaneFollower
+from entryguard.edge.listeners import ClientStream, TunnelListener
+from entryguard.edge.metrics import EdgeMetrics
+from entryguard.edge.state import AgentCredential, EdgeState, Tunnel
+from entryguard.mux import MuxConnection, ResetCode
+from entryguard.relay.link import MuxLink
+
+log = logging.getLogger("entryguard.edge")
+
+PING_INTERVAL = 10.0  # at most 20 s apart, as promised
+PING_TIMEOUT = 15.0  # a dead agent is noticed within ~25 s
+PROTOCOL_VERSION = 1
+
+
+def _plain(status: int, body: str, content_type: str = "application/json") -> Response:
+    headers = Headers(
+        [
+            ("Content-Type", content_type),
+            ("Content-Length", str(len(body.encode()))),
+            ("Cache-Control", "no-store"),
+        ]
+    )
+    return Response(status, HTTPStatus(status).phrase, headers, body.encode())
+
+
+class Edge:
+    def __init__(
+        self,
+        control_url: str,
+        edge_token: str,
+        *,
+        tunnel_host: str = "127.0.0.1",
+        verify: ssl.SSLContext | str | bool = True,
+        poll_wait: float = 25.0,
+    ) -> None:
+        self.state = EdgeState()
+        self.metrics = EdgeMetrics()
+        self.follower = ControlPlaneFollower(
+            self.state, control_url, edge_token, verify=verify, poll_wait=poll_wait
+        )
+        self.tunnel_host = tunnel_host
+        self.listeners: dict[int, TunnelListener] = {}
+        self.links: dict[int, MuxLink] = {}  # agent key id -> link
+        self.link_names: dict[int, str] = {}
+        self.conns: dict[int, set[ClientStream]] = {}  # tunnel id -> live client connections
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._expiry_wake = asyncio.Event()
+        self.server: Server | None = None
+        self.started_at = time.time()
+        st = self.state
+        st.on_tunnel_added = self._tunnel_added
+        st.on_tunnel_removed = self._tunnel_removed
+        st.on_grant_removed = self._enforce
+        st.on_agent_removed = self._agent_removed
+        st.on_tunnels_changed = self._tunnels_changed
+
+    # --- state callbacks ----------------------------------------------------------
+
+    def _tunnel_added(self, t: Tunnel) -> None:
+        lst = TunnelListener(self, t)
+        self.listeners[t.id] = lst
+        self._tasks.append(asyncio.get_running_loop().create_task(lst.start(self.tunnel_host)))
+        self._expiry_wake.set()
+
+    def _tunnel_removed(self, t: Tunnel) -> None:
+        lst = self.listeners.pop(t.id, None)
+        for c in list(self.conns.pop(t.id, ())):
+            c.revoke()
+        if lst is not None:
+            self._tasks.append(asyncio.get_running_loop().create_task(lst.stop()))
+
+    def _enforce(self, t: Tunnel) -> None:
+        """Cut every live connection on this tunnel that no remaining grant covers."""
+        now = time.time()
+        from entryguard.net.allowlist import ip_of
+
+        for c in list(self.conns.get(t.id, ())):
+            if not t.allow.covers(ip_of(c.ip), now):
+                c.revoke()
+        self._expiry_wake.set()
+
+    def _agent_removed(self, key_id: int) -> None:
+        link = self.links.get(key_id)
+        if link is not None:
+            log.info("agent key %d was revoked: closing its link", key_id)
+            self._tasks.append(
+                asyncio.get_running_loop().create_task(link.ws.close(4003, "credential revoked"))
+            )
+
+    def _tunnels_changed(self, key_id: int) -> None:
+        link = self.links.get(key_id)
+        if link is not None:
+            link.mux.send_control({"type": "targets_changed"})
+            link.kick()
+
+    # --- expiry on the edge's clock ------------------------------------------------
+
+    async def _expiry_loop(self) -> None:
+        while True:
+            now = time.time()
+            nxt = None
+            for t in self.state.tunnels.values():
+                if t.allow.expired(now):
+                    for e in t.allow.expired(now):
+                        t.allow.remove(e.grant_id)
+                    self._enforce(t)
+                ne = t.allow.next_expiry()
+                if ne is not None and (nxt is None or ne < nxt):
+                    nxt = ne
+            delay = 1.0 if nxt is None else max(0.0, min(1.0, nxt - time.time()))
+            self._expiry_wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._expiry_wake.wait(), timeout=delay + 0.001)
+
+    # --- HTTP: /health, /metrics, and the agent endpoint's checks ----------------------
+
+    def health(self) -> tuple[int, dict[str, Any]]:
+        degraded = self.follower.degraded
+        body = {
+            "status": "degraded" if degraded else "ok",
+            "version": __version__,
+            "control_plane": {
+                "connected": not degraded,
+                "last_contact": self.follower.last_contact or None,
+                "error": self.follower.last_error,
+                "revision": self.state.revision,
+            },
+            "tunnels": len(self.state.tunnels),
+            "agents_connected": len(self.links),
+            "connections": sum(len(c) for c in self.conns.values()),
+        }
+        return (503 if degraded else 200), body
+
+    def metrics_text(self) -> str:
+        return self.metrics.render(
+            {
+                "agents_connected": ("Agents with a live WebSocket", float(len(self.links))),
+                "streams_open": (
+                    "Open relayed streams",
+                    float(sum(len(c) for c in self.conns.values())),
+                ),
+                "tunnels": ("Tunnel listeners", float(len(self.listeners))),
+                "control_plane_connected": (
+                    "1 when following the control plane",
+                    0.0 if self.follower.degraded else 1.0,
+                ),
+                "revision": ("Applied change-log revision", float(self.state.revision)),
+            }
+        )
+
+    def _authenticate(self, request: Request) -> AgentCredential | Response:
+        auth = request.headers.get("Authorization", "")
+        scheme, _, secret = auth.partition(" ")
+        if scheme.lower() != "bearer" or not secret:
+            log.warning("agent connection refused: no API key (send Authorization: Bearer eg_…)")
+            return _plain(
+                401, json.dumps({"error": {"code": "unauthorized", "message": "missing API key"}})
+            )
+        cred = self.state.verify_agent(secret.strip(), time.time())
+        if cred is None:
+            log.warning(
+                "agent connection refused: API key %s… is unknown, revoked, expired or lacks agent:connect",
+                secret.strip()[:11],
+            )
+            return _plain(
+                403,
+                json.dumps(
+                    {
+                        "error": {
+                            "code": "forbidden",
+                            "message": "API key unknown or without the agent:connect scope",
+                        }
+                    }
+                ),
+            )
+        return cred
+
+    def process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+        path = request.path.split("?", 1)[0]
+        if path == "/health":
+            status, body = self.health()
+            return _plain(status, json.dumps(body))
+        if path == "/metrics":
+            return _plain(200, self.metrics_text(), "text/plain; version=0.0.4")
+        if path != "/agent/connect":
+            return _plain(
+                404, json.dumps({"error": {"code": "not_found", "message": "no such path"}})
+            )
+        if request.headers.get("Origin") is not None:
+            # Browsers always send Origin; agents never do. Refusing it stops a web page
+            # from driving the tunnel endpoint with a user's ambient credentials.
+            log.warning(
+                "agent connection refused: Origin header present (%s)",
+                request.headers.get("Origin"),
+            )
+            return _plain(
+                403, json.dumps({"error": {"code": "forbidden", "message": "Origin not allowed"}})
+            )
+        if not self.follower.synced.is_set():
+            return _plain(
+                503, json.dumps({"error": {"code": "starting", "message": "edge is starting"}})
+            )
+        result = self._authenticate(request)
+        if isinstance(result, Response):
+            return result
+        connection.eg_credential = result  # type: ignore[attr-defined]
+        return None
+
+    async def _agent_handler(self, ws: ServerConnection) -> None:
+        cred: AgentCredential = ws.eg_credential  # type: ignore[attr-defined]
+        peer = ws.remote_address[0] if ws.remote_address else "?"
+        old = self.links.get(cred.key_id)
+        if old is not None:
+            log.info("agent %s reconnected from %s: replacing its previous link", cred.name, peer)
+            await old.ws.close(4000, "replaced by a new connection")
+        mux = MuxConnection(role="edge")
+        link = MuxLink(ws, mux, f"agent {cred.name}")
+        link.mux.send_control(
+            {
+                "type": "hello",
+                "version": PROTOCOL_VERSION,
+                "edge": __version__,
+                "window": mux.initial_window,
+            }
+        )
+        link.kick()
+        self.links[cred.key_id] = link
+        self.link_names[cred.key_id] = cred.name
+        log.info("agent %s connected from %s", cred.name, peer)
+        try:
+            await link.run()
+        finally:
+            if self.links.get(cred.key_id) is link:
+                del self.links[cred.key_id]
+            log.info("agent %s disconnected (%s)", cred.name, ws.close_reason or "connection lost")
+
+    # --- lifecycle ---------------------------------------------------------------------
+
+    async def start(
+        self, host: str, port: int, *, ssl_context: ssl.SSLContext | None = None, sock: Any = None
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        self._tasks.append(loop.create_task(self.follower.run(), name="edge-follower"))
+        self._tasks.append(loop.create_task(self._expiry_loop(), name="edge-expiry"))
+        kw: dict[str, Any] = {"sock": sock} if sock is not None else {"host": host, "port": port}
+        self.server = await websockets.serve(
+            self._agent_handler,
+            process_request=self.process_request,
+            compression=None,
+            ping_interval=PING_INTERVAL,
+            ping_timeout=PING_TIMEOUT,
+            max_size=2 * 1024 * 1024,
+            max_queue=64,
+            write_limit=512 * 1024,
+            ssl=ssl_context,
+            server_header=None,
+            **kw,
+        )
+
+    async def wait_synced(self, timeout: float) -> bool:
+        try:
+            await asyncio.wait_for(self.follower.synced.wait(), timeout)
+            return True
+        except TimeoutError:
+            return False
+
+    async def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+        for link in list(self.links.values()):
+            with contextlib.suppress(Exception):
+                await link.ws.close(1001, "edge shutting down")
+        for conns in self.conns.values():
+            for c in list(conns):
+                c.abort(ResetCode.INTERNAL, "edge shutting down")
+        for lst in list(self.listeners.values()):
+            await lst.stop()
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        await self.follower.close()
+
+    @property
+    def port(self) -> int:
+        assert self.server is not None
+        return int(next(iter(self.server.sockets)).getsockname()[1])
+
+
+async def start_local_edge(
+    *, control_url: str, edge_token: str, listen: str, settings: Any, tls: tuple[str, str] | None
+) -> tuple[asyncio.Task[None], str]:
+    """The edge inside `entryguard up`: follows the local API like any other edge."""
+    from entryguard.control.runner import bind_socket
+    from entryguard.server_cli import parse_listen
+
+    host, port = parse_listen(listen, 8081)
+    sock = bind_socket(host, port, "--edge-listen")
+    ssl_ctx = None
+    verify: ssl.SSLContext | str | bool = True
+    if tls is not None:
+        ssl_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ssl_ctx.load_cert_chain(tls[0], tls[1])
+        ca = settings.data_dir / "tls" / "ca.pem"
+        verify = ssl.create_default_context(cafile=str(ca)) if ca.exists() else False
+    edge = Edge(control_url, edge_token, tunnel_host=host, verify=verify)
+    await edge.start(host, port, ssl_context=ssl_ctx, sock=sock)
+    await edge.wait_synced(10)
+
+    async def run() -> None:
+        try:
+            await asyncio.Future()
+        finally:
+            await edge.close()
+
+    scheme = "wss" if tls else "ws"
+    shown = f"[{host}]" if ":" in host else host
+    return asyncio.get_running_loop().create_task(
+        run(), name="edge"
+    ), f"{scheme}://{shown}:{sock.getsockname()[1]}"
