@@ -97,7 +97,7 @@ def describe_transport_error(exc: httpx.TransportError, server: str) -> str:
         return f"{where} did not answer in time: is it running and reachable? {hint}"
     if isinstance(exc, httpx.ConnectError):
         return f"cannot reach {where}: {one_line(str(exc)) or 'connection failed'} {hint}"
-    detail = one_line(str(exc)) or type(exc).__name__
+    detail = one_line(str(exc)).rstrip(".") or type(exc).__name__
     tls_hint = " — is it https?" if server.startswith("http://") else ""
     return f"lost the connection to {where}: {detail}{tls_hint}"
 

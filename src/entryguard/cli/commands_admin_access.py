@@ -9,7 +9,7 @@ import typer
 from entryguard.cli.client import segment
 from entryguard.cli.commands_admin_directory import ResourceName
 from entryguard.cli.errors import UsageError
-from entryguard.cli.options import CaFileOpt, JsonOpt, ServerOpt, examples, open_client
+from entryguard.cli.options import CaFileOpt, JsonOpt, ServerOpt, call_api, examples
 from entryguard.cli.output import (
     clean,
     format_relative,
@@ -20,7 +20,7 @@ from entryguard.cli.output import (
     print_table,
     yes_no,
 )
-from entryguard.cli.validation import check_cidr, duration_option, parse_target
+from entryguard.cli.validation import cidr_body, duration_flag, parse_target
 
 resource_app = typer.Typer(
     help="Resources: tunnels to private targets, and agent scripts.", no_args_is_help=True
@@ -43,18 +43,6 @@ AllowAny = Annotated[
     bool, typer.Option("--allow-any", help="Confirm a /0 network (every address on the internet).")
 ]
 Id = Annotated[int, typer.Argument(metavar="ID", help="The id shown by the list command.")]
-
-
-def _call(
-    server: str | None,
-    ca_file: str | None,
-    method: str,
-    path: str,
-    body: dict[str, Any] | None = None,
-    params: dict[str, Any] | None = None,
-) -> Any:
-    with open_client(server, ca_file) as api:
-        return api.request(method, path, json=body, params=params)
 
 
 def connection_string(r: dict[str, Any]) -> str:
@@ -109,7 +97,7 @@ def resource_create(
         body["script_dir"] = script_dir
     else:
         raise UsageError(f"invalid --type {type_!r}: use tunnel or script")
-    data = _call(server, ca_file, "POST", "/admin/resources", body)
+    data = call_api(server, ca_file, "POST", "/admin/resources", body)
     if json_output:
         print_json(data)
         return
@@ -124,7 +112,7 @@ def resource_list(
     server: ServerOpt = None, ca_file: CaFileOpt = None, json_output: JsonOpt = False
 ) -> None:
     """List resources with their edge port and connection string."""
-    data = _call(server, ca_file, "GET", "/admin/resources")
+    data = call_api(server, ca_file, "GET", "/admin/resources")
     if json_output:
         print_json(data)
         return
@@ -146,7 +134,7 @@ def resource_delete(
     json_output: JsonOpt = False,
 ) -> None:
     """Delete a resource: its port closes and every grant to it ends."""
-    data = _call(server, ca_file, "DELETE", f"/admin/resources/{segment(name)}")
+    data = call_api(server, ca_file, "DELETE", f"/admin/resources/{segment(name)}")
     if json_output:
         print_json(data)
         return
@@ -175,14 +163,8 @@ def rule_add(
     json_output: JsonOpt = False,
 ) -> None:
     """Let a network always reach a resource (no session needed)."""
-    body: dict[str, Any] = {
-        "resource": resource,
-        "cidr": check_cidr(cidr, allow_any),
-        "allow_any": allow_any,
-    }
-    if description is not None:
-        body["description"] = description
-    data = _call(server, ca_file, "POST", "/admin/rules", body)
+    body = cidr_body(resource, cidr, allow_any, description=description)
+    data = call_api(server, ca_file, "POST", "/admin/rules", body)
     if json_output:
         print_json(data)
         return
@@ -202,7 +184,7 @@ def rule_list(
     json_output: JsonOpt = False,
 ) -> None:
     """List static rules."""
-    data = _call(server, ca_file, "GET", "/admin/rules", params={"resource": resource})
+    data = call_api(server, ca_file, "GET", "/admin/rules", params={"resource": resource})
     if json_output:
         print_json(data)
         return
@@ -227,7 +209,7 @@ def rule_remove(
     rule_id: Id, server: ServerOpt = None, ca_file: CaFileOpt = None, json_output: JsonOpt = False
 ) -> None:
     """Remove a static rule."""
-    data = _call(server, ca_file, "DELETE", f"/admin/rules/{rule_id}")
+    data = call_api(server, ca_file, "DELETE", f"/admin/rules/{rule_id}")
     if json_output:
         print_json(data)
         return
@@ -250,14 +232,7 @@ def guest_grant(
     resource: ResourceName,
     cidr: Cidr,
     duration: Annotated[
-        str,
-        typer.Option(
-            "--duration",
-            "-d",
-            metavar="DURATION",
-            callback=duration_option,
-            help="How long (4 = hours, 90s, 30m, 2h, 1h30m).",
-        ),
+        str, duration_flag("--duration", "-d", help="How long (4 = hours, 90s, 30m, 2h, 1h30m).")
     ],
     note: Annotated[
         str | None, typer.Option("--note", metavar="TEXT", help="Who this is for.")
@@ -268,15 +243,8 @@ def guest_grant(
     json_output: JsonOpt = False,
 ) -> None:
     """Let a network reach a resource for a limited time, without an account."""
-    body: dict[str, Any] = {
-        "resource": resource,
-        "cidr": check_cidr(cidr, allow_any),
-        "duration": duration,
-        "allow_any": allow_any,
-    }
-    if note is not None:
-        body["note"] = note
-    data = _call(server, ca_file, "POST", "/admin/guests", body)
+    body = cidr_body(resource, cidr, allow_any, duration=duration, note=note)
+    data = call_api(server, ca_file, "POST", "/admin/guests", body)
     if json_output:
         print_json(data)
         return
@@ -301,7 +269,7 @@ def guest_list(
     json_output: JsonOpt = False,
 ) -> None:
     """List guest access grants."""
-    data = _call(
+    data = call_api(
         server, ca_file, "GET", "/admin/guests", params={"active": "true" if active else None}
     )
     if json_output:
@@ -329,7 +297,7 @@ def guest_revoke(
     guest_id: Id, server: ServerOpt = None, ca_file: CaFileOpt = None, json_output: JsonOpt = False
 ) -> None:
     """End a guest grant now."""
-    data = _call(server, ca_file, "DELETE", f"/admin/guests/{guest_id}")
+    data = call_api(server, ca_file, "DELETE", f"/admin/guests/{guest_id}")
     if json_output:
         print_json(data)
         return
@@ -362,7 +330,7 @@ def session_list(
     json_output: JsonOpt = False,
 ) -> None:
     """List sessions, newest first."""
-    data = _call(
+    data = call_api(
         server, ca_file, "GET", "/admin/sessions", params={"active": "true" if active else None}
     )
     if json_output:
@@ -392,7 +360,7 @@ def session_revoke(
     json_output: JsonOpt = False,
 ) -> None:
     """End someone's session now."""
-    data = _call(server, ca_file, "DELETE", f"/admin/sessions/{session_id}")
+    data = call_api(server, ca_file, "DELETE", f"/admin/sessions/{session_id}")
     if json_output:
         print_json(data)
         return
@@ -410,8 +378,8 @@ def session_revoke(
 def agents(
     server: ServerOpt = None, ca_file: CaFileOpt = None, json_output: JsonOpt = False
 ) -> None:
-    """List agents: connected or not, last heartbeat, version and tunnel targets."""
-    data = _call(server, ca_file, "GET", "/admin/agents")
+    """List agents: connected, last heartbeat, version, targets."""
+    data = call_api(server, ca_file, "GET", "/admin/agents")
     if json_output:
         print_json(data)
         return

@@ -8,7 +8,7 @@ import typer
 
 from entryguard.cli.client import segment
 from entryguard.cli.commands_auth import read_password_stdin
-from entryguard.cli.options import CaFileOpt, JsonOpt, ServerOpt, examples, open_client
+from entryguard.cli.options import CaFileOpt, JsonOpt, ServerOpt, call_api, examples
 from entryguard.cli.output import (
     clean,
     format_time,
@@ -20,7 +20,7 @@ from entryguard.cli.output import (
     seconds_until,
     yes_no,
 )
-from entryguard.cli.validation import duration_option
+from entryguard.cli.validation import duration_flag
 from entryguard.durations import format_duration
 
 user_app = typer.Typer(help="Users: create, list, disable.", no_args_is_help=True)
@@ -32,17 +32,6 @@ apikey_app = typer.Typer(help="API keys for agents and scripts (eg_…).", no_ar
 Email = Annotated[str, typer.Argument(metavar="EMAIL", help="The user's email.")]
 RoleName = Annotated[str, typer.Argument(metavar="ROLE", help="Role name.")]
 ResourceName = Annotated[str, typer.Argument(metavar="RESOURCE", help="Resource name.")]
-
-
-def _call(
-    server: str | None,
-    ca_file: str | None,
-    method: str,
-    path: str,
-    body: dict[str, Any] | None = None,
-) -> Any:
-    with open_client(server, ca_file) as api:
-        return api.request(method, path, json=body)
 
 
 # --- users -----------------------------------------------------------------------------
@@ -73,7 +62,7 @@ def user_create(
     body: dict[str, Any] = {"email": email, "is_admin": admin}
     if password_stdin:
         body["password"] = read_password_stdin()
-    data = _call(server, ca_file, "POST", "/admin/users", body)
+    data = call_api(server, ca_file, "POST", "/admin/users", body)
     if json_output:
         print_json(data)
         return
@@ -89,7 +78,7 @@ def user_list(
     server: ServerOpt = None, ca_file: CaFileOpt = None, json_output: JsonOpt = False
 ) -> None:
     """List users."""
-    data = _call(server, ca_file, "GET", "/admin/users")
+    data = call_api(server, ca_file, "GET", "/admin/users")
     if json_output:
         print_json(data)
         return
@@ -113,7 +102,7 @@ def user_disable(
     email: Email, server: ServerOpt = None, ca_file: CaFileOpt = None, json_output: JsonOpt = False
 ) -> None:
     """Disable a user: ends their session and revokes their logins."""
-    data = _call(server, ca_file, "POST", f"/admin/users/{segment(email)}/disable")
+    data = call_api(server, ca_file, "POST", f"/admin/users/{segment(email)}/disable")
     if json_output:
         print_json(data)
         return
@@ -139,11 +128,8 @@ def role_create(
     name: RoleName,
     max_duration: Annotated[
         str,
-        typer.Option(
-            "--max-duration",
-            metavar="DURATION",
-            callback=duration_option,
-            help="Longest session the role allows (4 = hours, 30m, 8h, 1h30m).",
+        duration_flag(
+            "--max-duration", help="Longest session the role allows (4 = hours, 30m, 8h, 1h30m)."
         ),
     ] = "8h",
     server: ServerOpt = None,
@@ -151,7 +137,7 @@ def role_create(
     json_output: JsonOpt = False,
 ) -> None:
     """Create a role."""
-    data = _call(
+    data = call_api(
         server, ca_file, "POST", "/admin/roles", {"name": name, "max_duration": max_duration}
     )
     if json_output:
@@ -167,8 +153,8 @@ def role_create(
 def role_list(
     server: ServerOpt = None, ca_file: CaFileOpt = None, json_output: JsonOpt = False
 ) -> None:
-    """List roles with their maximum session, resources and users."""
-    data = _call(server, ca_file, "GET", "/admin/roles")
+    """List roles: maximum session, resources, users."""
+    data = call_api(server, ca_file, "GET", "/admin/roles")
     if json_output:
         print_json(data)
         return
@@ -199,7 +185,7 @@ def _role_change(
     body: dict[str, Any] | None,
     done: str,
 ) -> None:
-    data = _call(server, ca_file, method, path, body)
+    data = call_api(server, ca_file, method, path, body)
     if json_output:
         print_json(data)
         return
@@ -309,12 +295,7 @@ def apikey_create(
     ],
     expires_in: Annotated[
         str | None,
-        typer.Option(
-            "--expires-in",
-            metavar="DURATION",
-            callback=duration_option,
-            help="Expire the key after this long (e.g. 30d, 12h).",
-        ),
+        duration_flag("--expires-in", help="Expire the key after this long (e.g. 30d, 12h)."),
     ] = None,
     server: ServerOpt = None,
     ca_file: CaFileOpt = None,
@@ -324,7 +305,7 @@ def apikey_create(
     body: dict[str, Any] = {"name": name, "scopes": scope}
     if expires_in:
         body["expires_in"] = expires_in
-    data = _call(server, ca_file, "POST", "/admin/apikeys", body)
+    data = call_api(server, ca_file, "POST", "/admin/apikeys", body)
     if json_output:
         print_json(data)
         return
@@ -350,7 +331,7 @@ def apikey_list(
     server: ServerOpt = None, ca_file: CaFileOpt = None, json_output: JsonOpt = False
 ) -> None:
     """List API keys (never the keys themselves)."""
-    data = _call(server, ca_file, "GET", "/admin/apikeys")
+    data = call_api(server, ca_file, "GET", "/admin/apikeys")
     if json_output:
         print_json(data)
         return
@@ -380,7 +361,7 @@ def apikey_revoke(
     json_output: JsonOpt = False,
 ) -> None:
     """Revoke an API key: it stops working at once."""
-    data = _call(server, ca_file, "DELETE", f"/admin/apikeys/{segment(name)}")
+    data = call_api(server, ca_file, "DELETE", f"/admin/apikeys/{segment(name)}")
     if json_output:
         print_json(data)
         return

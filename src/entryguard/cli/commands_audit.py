@@ -24,7 +24,7 @@ from entryguard.cli.output import (
     print_table,
     print_warning,
 )
-from entryguard.cli.validation import duration_option
+from entryguard.cli.validation import duration_flag
 
 POLL_SECONDS = 1.0
 
@@ -114,12 +114,7 @@ def audit(
     ] = False,
     since: Annotated[
         str | None,
-        typer.Option(
-            "--since",
-            metavar="DURATION",
-            callback=duration_option,
-            help="Only events from the last DURATION (1h, 30m, 7d…).",
-        ),
+        duration_flag("--since", help="Only events from the last DURATION (1h, 30m, 7d…)."),
     ] = None,
     verify: Annotated[
         bool,
@@ -144,9 +139,11 @@ def audit(
     ca_file: CaFileOpt = None,
     json_output: JsonOpt = False,
 ) -> None:
-    """Show the audit log (oldest first), follow it, or verify its hash chain.
+    """Show, follow or verify the audit log.
 
-    With --follow --json, events are printed as JSON lines.
+    Events are shown oldest first (the newest --limit of them). --follow keeps
+    printing new ones, one per line, until Ctrl-C (as JSON lines with --json).
+    --verify checks the hash chain and exits 1 naming the first bad event.
     """
     if verify and (follow or since or actor or action):
         raise UsageError(

@@ -66,9 +66,11 @@ def login(
     ca_file: CaFileOpt = None,
     json_output: JsonOpt = False,
 ) -> None:
-    """Log in and keep the token in ~/.config/entryguard/credentials.json (mode 0600).
+    """Log in and save the token (mode 0600).
 
-    The server defaults to EG_SERVER, else the server you last logged in to, else
+    The token is kept in ~/.config/entryguard/credentials.json (or $XDG_CONFIG_HOME,
+    or EG_CONFIG_DIR). The password is asked on the terminal, or read from stdin with
+    --password-stdin. The server defaults to EG_SERVER, else the server you last logged in to, else
     http://127.0.0.1:8080. Give it with or without /api/v1.
     """
     stored = _stored_or_none()
@@ -116,7 +118,7 @@ def login(
 
 
 def logout(json_output: JsonOpt = False) -> None:
-    """Revoke the stored login token on the server and remove it from this machine."""
+    """Revoke the saved login token and remove it from this machine."""
     stored = credentials.load()
     if stored is None:
         if json_output:
@@ -159,7 +161,7 @@ def _credential_line(data: dict[str, Any]) -> str:
 def whoami(
     server: ServerOpt = None, ca_file: CaFileOpt = None, json_output: JsonOpt = False
 ) -> None:
-    """Show who you are logged in as, on which server, with which scopes."""
+    """Show your user, server, scopes and IP."""
     with open_client(server, ca_file) as api:
         data = api.get("/auth/whoami")
         url = api.server

@@ -19,7 +19,7 @@ from entryguard.cli.output import (
     print_table,
     seconds_until,
 )
-from entryguard.cli.validation import duration_option
+from entryguard.cli.validation import duration_flag
 
 app = typer.Typer(help="Start, stop and inspect your access session.", no_args_is_help=True)
 
@@ -75,11 +75,9 @@ def started_lines(data: dict[str, Any]) -> list[str]:
 
 DurationOpt = Annotated[
     str,
-    typer.Option(
+    duration_flag(
         "--duration",
         "-d",
-        metavar="DURATION",
-        callback=duration_option,
         help="How long: hours by default (4), or 90s, 30m, 2h, 1h30m. Capped at your role's maximum.",
     ),
 ]
@@ -151,7 +149,7 @@ def status(
 def resources(
     server: ServerOpt = None, ca_file: CaFileOpt = None, json_output: JsonOpt = False
 ) -> None:
-    """List the resources your roles give you, with their connection strings."""
+    """List your resources and their connection strings."""
     with open_client(server, ca_file) as api:
         data = api.get("/me/resources")
     if json_output:

@@ -46,7 +46,9 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 admin_app = typer.Typer(
-    help="Admin commands (need an admin login or a key with the admin scope).", no_args_is_help=True
+    help="Admin commands (need an admin login or a key with the admin scope).",
+    short_help="Admin commands: users, roles, keys, resources, rules, audit…",
+    no_args_is_help=True,
 )
 
 app.command(

@@ -9,7 +9,7 @@ a token is never sent to a server it was not issued by.
 from __future__ import annotations
 
 import os
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -66,6 +66,19 @@ def open_client(server: str | None, ca_file: str | None) -> ApiClient:
     if ca_file is None and stored is not None and same_server:
         ca_file = stored.ca_file
     return ApiClient(url, token, token_source=source, ca_file=ca_file)
+
+
+def call_api(
+    server: str | None,
+    ca_file: str | None,
+    method: str,
+    path: str,
+    body: dict[str, Any] | None = None,
+    params: dict[str, Any] | None = None,
+) -> Any:
+    """One authenticated request (most commands make exactly one)."""
+    with open_client(server, ca_file) as api:
+        return api.request(method, path, json=body, params=params)
 
 
 def examples(*lines: str) -> str:

@@ -5,6 +5,8 @@ The server validates everything again; these only give the same message sooner.
 
 from __future__ import annotations
 
+from typing import Any
+
 import typer
 
 from entryguard.cli.errors import UsageError
@@ -23,12 +25,28 @@ def duration_option(value: str | None) -> str | None:
     return value.strip()
 
 
+def duration_flag(name: str, *aliases: str, help: str) -> Any:
+    """A ``--duration``-like option checked by :func:`duration_option`."""
+    return typer.Option(name, *aliases, metavar="DURATION", callback=duration_option, help=help)
+
+
 def check_cidr(text: str, allow_any: bool) -> str:
     try:
         parse_cidr(text, allow_any=allow_any)
     except CidrError as exc:
         raise UsageError(str(exc)) from exc
     return text
+
+
+def cidr_body(resource: str, cidr: str, allow_any: bool, **optional: str | None) -> dict[str, Any]:
+    """The body of a rule or guest grant: the CIDR checked first, empty optionals left out."""
+    body: dict[str, Any] = {
+        "resource": resource,
+        "cidr": check_cidr(cidr, allow_any),
+        "allow_any": allow_any,
+    }
+    body.update({k: v for k, v in optional.items() if v is not None})
+    return body
 
 
 def parse_target(text: str) -> tuple[str, int]:
