@@ -97,9 +97,12 @@ def create_app(
         return JSONResponse(error_body("invalid_request", msg), status_code=422)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        return JSONResponse(error_body(code, str(exc.detail)), status_code=exc.status_code)
+        message = str(exc.detail)
+        if exc.status_code == 404 and message == "Not Found":
+            message = f"no such endpoint: {request.method} {request.url.path} (see {API}/openapi.json)"
+        return JSONResponse(error_body(code, message), status_code=exc.status_code)
 
     @app.get(f"{API}/health", tags=["health"])
     async def health() -> dict[str, Any]:
