@@ -59,7 +59,9 @@ class ClientStream(SocketStream):
         SocketStream.__init__(self, link)
         super().connection_made(transport)
         try:
-            self.stream_id = link.mux.open_stream(tunnel.id, f"{self.ip}:{self.port}")
+            self.stream_id = link.mux.open_stream(
+                tunnel.id, f"{self.ip}:{self.port}", time.monotonic()
+            )
         except MuxError as exc:
             edge.metrics.rejections_total += 1
             log.warning("reset %s on %s: %s", self.ip, tunnel.name, exc)

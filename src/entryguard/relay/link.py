@@ -20,10 +20,12 @@ from websockets.asyncio.connection import Connection
 from websockets.exceptions import ConnectionClosed
 
 from entryguard.mux import (
+    ConnectionTerminated,
     ControlReceived,
     DataReceived,
     MuxConnection,
     MuxError,
+    ProtocolError,
     ResetCode,
     StreamAccepted,
     StreamEnded,
@@ -62,6 +64,7 @@ class MuxLink:
         self.closed = asyncio.Event()
         self.bytes_in = 0
         self.bytes_out = 0
+        self.protocol_errors = 0
 
     # --- used by streams ------------------------------------------------------
 
@@ -93,6 +96,10 @@ class MuxLink:
                     continue
                 self._dispatch(self.mux.receive_message(message, time.monotonic()))
                 if self.mux.closed:
+                    # Flush the CONTROL error frame, then close cleanly.
+                    for msg in self.mux.messages_to_send():
+                        await self.ws.send(msg)
+                    await self.ws.close(1002, "protocol error")
                     break
                 self.kick()
         except ConnectionClosed:
@@ -148,8 +155,11 @@ class MuxLink:
             elif isinstance(ev, ControlReceived):
                 if self._on_control is not None:
                     self._on_control(ev.data)
-            else:
-                log.debug("%s: %r", self.name, ev)
+            elif isinstance(ev, ProtocolError):
+                self.protocol_errors += 1
+                log.warning("%s: protocol error: %s", self.name, ev.message)
+            elif isinstance(ev, ConnectionTerminated):
+                log.error("%s: closing the link: %s", self.name, ev.reason)
 
     async def _writer(self) -> None:
         ws = self.ws
