@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 import socket
 import subprocess
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.conftest import make_control_plane
+from tests.conftest import BIN, make_control_plane
 from tests.e2e import targets
 from tests.e2e.tunnel_env import Stack, connect, wait_until
 
@@ -157,16 +157,14 @@ def test_session_stop_cuts_a_running_query_within_1s(stack: Stack) -> None:
     time.sleep(1.0)
     assert proc.poll() is None
     t0 = time.monotonic()
+    env = {
+        **os.environ,
+        "EG_SERVER": stack.cp.url,
+        "EG_TOKEN": tok,
+        "EG_CONFIG_DIR": str(stack.tmp / "eg"),
+    }
     out = subprocess.run(
-        ["eg", "session", "stop"],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        env={
-            "EG_SERVER": stack.cp.url,
-            "EG_TOKEN": tok,
-            "PATH": str(Path(shutil.which("eg") or "eg").parent) + ":/usr/bin:/bin",
-        },
+        [str(BIN / "eg"), "session", "stop"], capture_output=True, text=True, timeout=30, env=env
     )
     assert out.returncode == 0, out.stderr
     proc.wait(5)

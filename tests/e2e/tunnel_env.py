@@ -30,19 +30,35 @@ class Stack:
         return f"{self.cp.url}/api/v1"
 
     def call(self, method: str, path: str, token: str | None = None, **kw: Any) -> Any:
-        r = httpx.request(method, f"{self.api}{path}", headers={"Authorization": f"Bearer {token or self.admin}"},
-                          timeout=30, **kw)
+        r = httpx.request(
+            method,
+            f"{self.api}{path}",
+            headers={"Authorization": f"Bearer {token or self.admin}"},
+            timeout=30,
+            **kw,
+        )
         assert r.status_code < 300, f"{method} {path}: {r.status_code} {r.text}"
         return r.json() if r.content else None
 
     def setup(self, agent_name: str = "prod-agent") -> None:
         self.admin = self.cp.login_token()
-        self.agent_key = self.call("POST", "/admin/apikeys", json={"name": agent_name, "scopes": ["agent:connect"]})["key"]
+        self.agent_key = self.call(
+            "POST", "/admin/apikeys", json={"name": agent_name, "scopes": ["agent:connect"]}
+        )["key"]
         self.call("POST", "/admin/roles", json={"name": "developers", "max_duration": "8h"})
 
     def tunnel(self, name: str, host: str, port: int, role: str | None = "developers") -> int:
-        r = self.call("POST", "/admin/resources", json={"name": name, "type": "tunnel", "agent": "prod-agent",
-                                                        "target_host": host, "target_port": port})
+        r = self.call(
+            "POST",
+            "/admin/resources",
+            json={
+                "name": name,
+                "type": "tunnel",
+                "agent": "prod-agent",
+                "target_host": host,
+                "target_port": port,
+            },
+        )
         if role:
             self.call("POST", f"/admin/roles/{role}/resources", json={"resource": name})
         return int(r["resource"]["port"])
@@ -58,7 +74,11 @@ class Stack:
 
     def session(self, token: str, source: str, duration: str = "1h") -> Any:
         t = httpx.Client(transport=httpx.HTTPTransport(local_address=source))
-        r = t.post(f"{self.api}/sessions", json={"duration": duration}, headers={"Authorization": f"Bearer {token}"})
+        r = t.post(
+            f"{self.api}/sessions",
+            json={"duration": duration},
+            headers={"Authorization": f"Bearer {token}"},
+        )
         assert r.status_code == 201, r.text
         return r.json()
 
@@ -78,8 +98,12 @@ class Stack:
         cfg = self.write_agent_config(extra)
         self.agent_log = self.tmp / "agent.log"
         log = open(self.agent_log, "ab")  # noqa: SIM115
-        self.agent_proc = subprocess.Popen([str(BIN / "eg-agent"), "run", "--config", str(cfg)],
-                                           stdout=log, stderr=subprocess.STDOUT, env={**os.environ})
+        self.agent_proc = subprocess.Popen(
+            [str(BIN / "eg-agent"), "run", "--config", str(cfg)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ},
+        )
         if wait_connected:
             self.wait_log("[tunnel] connected to edge", 20)
 

@@ -42,6 +42,18 @@ class TargetStream(SocketStream):
         super().__init__(link, stream_id)
         self.agent = agent
 
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if self.closed:  # reset by the edge while we were dialing
+            transport.close()
+            return
+        super().connection_made(transport)
+        # OPENED goes out before any byte the target sends (server-first protocols
+        # greet at once), then the early data that waited for the dial is written.
+        assert self.stream_id is not None
+        self.link.mux.send_opened(self.stream_id)
+        self.link.kick()
+        self.attach()
+
     def on_closed(self) -> None:
         self.agent.streams.discard(self)
         if not self.agent.streams:
@@ -115,7 +127,6 @@ class TunnelClient:
         asyncio.get_running_loop().create_task(self._dial(stream, target))
 
     async def _dial(self, stream: TargetStream, target: TunnelTarget) -> None:
-        link = stream.link
         try:
             infos = await self._resolve_allowed(target)
             if not infos:
@@ -148,13 +159,6 @@ class TunnelClient:
                 ResetCode.REFUSED if refused else ResetCode.UNREACHABLE, f"dial {target}: {exc}"
             )
             return
-        if stream.closed:  # reset while we were dialing
-            if stream.transport is not None:
-                stream.transport.close()
-            return
-        link.mux.send_opened(stream.stream_id)  # type: ignore[arg-type]
-        link.kick()
-        stream.attach()
 
     def _on_control(self, msg: dict[str, Any]) -> None:
         kind = msg.get("type")

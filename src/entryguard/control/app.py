@@ -101,7 +101,9 @@ def create_app(
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         message = str(exc.detail)
         if exc.status_code == 404 and message == "Not Found":
-            message = f"no such endpoint: {request.method} {request.url.path} (see {API}/openapi.json)"
+            message = (
+                f"no such endpoint: {request.method} {request.url.path} (see {API}/openapi.json)"
+            )
         return JSONResponse(error_body(code, message), status_code=exc.status_code)
 
     @app.get(f"{API}/health", tags=["health"])

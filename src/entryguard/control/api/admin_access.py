@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from sqlalchemy import select
 
 from entryguard.control.api.admin_directory import admin, duration_or_400
-from entryguard.control.api.deps import ctx
+from entryguard.control.api.deps import ctx, edges_apply
 from entryguard.control.api.schemas import GuestCreateIn, ResourceCreateIn, RuleCreateIn
 from entryguard.control.auth.principal import Principal
 from entryguard.control.db.models import (
@@ -115,7 +115,8 @@ async def add_rule(
         rule = await access_rules.add_rule(
             s, r, body.cidr, body.description, body.allow_any, p.actor
         )
-        return {"rule": rule_view(rule, r.name)}
+    await edges_apply(request, s.info.get("revision"))
+    return {"rule": rule_view(rule, r.name)}
 
 
 @router.delete("/rules/{rule_id}")
@@ -124,7 +125,8 @@ async def remove_rule(
 ) -> dict[str, Any]:
     async with ctx(request).db.write() as s:
         rule, r = await access_rules.remove_rule(s, rule_id, p.actor)
-        return {"rule": rule_view(rule, r.name)}
+    await edges_apply(request, s.info.get("revision"))
+    return {"rule": rule_view(rule, r.name)}
 
 
 @router.get("/guests")
@@ -152,7 +154,8 @@ async def grant_guest(
         g = await access_rules.grant_guest(
             s, r, body.cidr, seconds, body.note, body.allow_any, p.actor
         )
-        return {"guest": guest_view(g, r.name)}
+    await edges_apply(request, s.info.get("revision"))
+    return {"guest": guest_view(g, r.name)}
 
 
 @router.delete("/guests/{guest_id}")
@@ -161,7 +164,8 @@ async def revoke_guest(
 ) -> dict[str, Any]:
     async with ctx(request).db.write() as s:
         g, r = await access_rules.revoke_guest(s, guest_id, p.actor)
-        return {"guest": guest_view(g, r.name)}
+    await edges_apply(request, s.info.get("revision"))
+    return {"guest": guest_view(g, r.name)}
 
 
 @router.get("/sessions")
@@ -199,7 +203,8 @@ async def revoke_session(
         sess, user = row
         if sess.ended_at is None:
             await sessions.end_session(s, sess, user, "revoked", p.actor)
-        return {"session": session_view(sess, user.email)}
+    await edges_apply(request, s.info.get("revision"))
+    return {"session": session_view(sess, user.email)}
 
 
 @router.get("/agents")

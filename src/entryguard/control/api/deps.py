@@ -97,3 +97,9 @@ def client_ip(request: Request) -> str:
             return str(addr)
         ip = addr
     return str(ip)
+
+
+async def edges_apply(request: Request, revision: int | None, timeout: float = 1.0) -> None:
+    """After an access change commits, give the edges a moment to apply it."""
+    if revision is not None:
+        await request.app.state.notifier.edges_caught_up(revision, timeout)

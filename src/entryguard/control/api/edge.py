@@ -14,12 +14,12 @@ from entryguard.control.services import edge_sync
 router = APIRouter(prefix="/edge", tags=["edge"])
 
 
-async def _check(request: Request) -> None:
+async def _check(request: Request) -> int:
     token = bearer(request)
     if token is None:
         raise Unauthorized("missing edge token", code="invalid_edge_token")
     async with ctx(request).db.read() as s:
-        await edge_sync.check_edge_token(s, token)
+        return (await edge_sync.check_edge_token(s, token)).id
 
 
 @router.get("/snapshot")
@@ -36,8 +36,9 @@ async def changes(
     wait: float = Query(default=25.0, ge=0, le=60),
     limit: int = Query(default=500, ge=1, le=5000),
 ) -> dict[str, Any]:
-    await _check(request)
+    edge_id = await _check(request)
     notifier: edge_sync.ChangeNotifier = request.app.state.notifier
+    notifier.edge_polled(edge_id, since)
     deadline = time.monotonic() + wait
     while True:
         async with ctx(request).db.read() as s:

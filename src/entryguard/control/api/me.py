@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 from sqlalchemy import select
 
-from entryguard.control.api.deps import client_ip, ctx
+from entryguard.control.api.deps import client_ip, ctx, edges_apply
 from entryguard.control.api.deps import principal as get_principal
 from entryguard.control.api.schemas import SessionStartIn
 from entryguard.control.auth.principal import Principal
@@ -46,13 +46,15 @@ async def start(
         raise BadRequest(str(exc), code="invalid_duration") from exc
     async with c.db.write() as s:
         out = await sessions.start_session(s, p.user, client_ip(request), seconds, c.settings)
-        return {
+        result = {
             "session": session_view(out["session"], p.user.email),
             "resources": [resource_view(r, c.settings) for r in out["resources"]],
             "capped": out["capped"],
             "requested_seconds": out["requested_seconds"],
             "max_duration_seconds": out["max_duration_seconds"],
         }
+    await edges_apply(request, s.info.get("revision"))
+    return result
 
 
 @router.get("/sessions/current")
@@ -71,7 +73,8 @@ async def current(request: Request, p: Principal = Depends(_sessions_principal))
 async def stop(request: Request, p: Principal = Depends(_sessions_principal)) -> dict[str, Any]:
     async with ctx(request).db.write() as s:
         sess = await sessions.stop_session(s, p.user, client_ip(request))
-        return {"session": session_view(sess, p.user.email)}
+    await edges_apply(request, s.info.get("revision"))
+    return {"session": session_view(sess, p.user.email)}
 
 
 @router.get("/sessions/history")

@@ -264,7 +264,7 @@ class AuditEvent(Base):
     """Append-only; ``hash`` = SHA-256(prev_hash + canonical fields), so edits are detectable."""
 
     __tablename__ = "audit_events"
-    __table_args__: ClassVar[dict[str, Any]] = {"sqlite_autoincrement": True}
+    __table_args__ = {"sqlite_autoincrement": True}  # noqa: RUF012
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     ts: Mapped[datetime] = mapped_column(default=utcnow)
     org_id: Mapped[int | None] = mapped_column(BigInteger, default=None)
@@ -281,9 +281,8 @@ class Change(Base):
     """The change log edges follow; revisions are committed in order (see docs/sync.md)."""
 
     __tablename__ = "changes"
-    __table_args__: ClassVar[dict[str, Any]] = {
-        "sqlite_autoincrement": True
-    }  # never reuse a revision
+    # Never reuse a revision, even after the newest rows were deleted.
+    __table_args__ = {"sqlite_autoincrement": True}  # noqa: RUF012
     revision: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     op: Mapped[str] = mapped_column(String(32))
     data: Mapped[str] = mapped_column(Text)

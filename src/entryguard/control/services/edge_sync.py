@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 from datetime import timedelta
 from typing import Any
 
@@ -25,6 +26,7 @@ log = logging.getLogger("entryguard.sync")
 
 
 async def check_edge_token(s: AsyncSession, token: str) -> EdgeToken:
+    """The edge token's row, or 401."""
     prefix = split_prefix(token)
     row = None
     if prefix and prefix.startswith("ege_"):
@@ -93,6 +95,9 @@ class ChangeNotifier:
 
     def __init__(self, db: Database) -> None:
         self.db = db
+        # edge token id -> (revision it asked from, monotonic time): an edge that asks
+        # for changes since R has applied everything up to R.
+        self.edge_positions: dict[int, tuple[int, float]] = {}
         self._cond = asyncio.Condition()
         self._generation = 0
         self._listener: Any = None
@@ -114,6 +119,30 @@ class ChangeNotifier:
                 await asyncio.wait_for(
                     self._cond.wait_for(lambda: self._generation != gen), timeout=min(timeout, 2.0)
                 )
+
+    def edge_polled(self, edge_id: int, since: int) -> None:
+        self.edge_positions[edge_id] = (since, time.monotonic())
+        self.notify()
+
+    async def edges_caught_up(self, revision: int, timeout: float) -> bool:
+        """Wait (bounded) until every edge polling this replica has applied ``revision``.
+
+        So `eg session start` returns when the edges admit the new IP, and
+        `eg session stop` when they have cut it. Edges silent for 60 s are ignored.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            now = time.monotonic()
+            behind = [
+                e
+                for e, (rev, seen) in self.edge_positions.items()
+                if now - seen < 60 and rev < revision
+            ]
+            left = deadline - loop.time()
+            if not behind or left <= 0:
+                return not behind
+            await self.wait(min(left, 0.05))
 
     async def start(self) -> None:
         if not self.db.is_postgres:

@@ -121,6 +121,7 @@ async def log_change(s: AsyncSession, op: str, data: dict[str, Any]) -> int:
     s.add(ch)
     await s.flush()
     s.info["changed"] = True  # the caller notifies followers after commit
+    s.info["revision"] = ch.revision
     return ch.revision
 
 
