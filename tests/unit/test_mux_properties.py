@@ -53,7 +53,7 @@ class MuxMachine(RuleBasedStateMachine):
         conn = self._conn(side)
         other = "agent" if side == "edge" else "edge"
         for ev in events:
-            if isinstance(ev, (ProtocolError, ConnectionTerminated)) or isinstance(ev, StreamReset):
+            if isinstance(ev, (ProtocolError, ConnectionTerminated, StreamReset)):
                 self.errors.append(ev)
             elif isinstance(ev, StreamOpened):
                 conn.send_opened(ev.stream_id)
