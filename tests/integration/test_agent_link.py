@@ -1,0 +1,231 @@
+"""The agent's side of the link against a scripted fake edge, and the edge's endpoint checks."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import websockets
+from websockets.asyncio.server import ServerConnection
+
+from entryguard.agent.config import parse_config
+from entryguard.agent.control_client import ControlClient
+from entryguard.agent.tunnel import TunnelClient
+from entryguard.control.db.database import sqlite_url_for
+from entryguard.control.services.apikeys import create_edge_token
+from entryguard.edge.service import Edge
+from entryguard.mux import FrameType, ResetCode
+from entryguard.mux import frames as F
+from tests.conftest import free_port
+from tests.integration.conftest import Api, serve_api
+
+
+@contextlib.asynccontextmanager
+async def api_sqlite(tmp_path: Path) -> AsyncIterator[Api]:
+    async with serve_api(sqlite_url_for(tmp_path), tmp_path) as api:
+        yield api
+
+
+async def fake_edge(
+    script: asyncio.Queue[bytes], replies: asyncio.Queue[bytes]
+) -> tuple[websockets.Server, int]:
+    async def handler(ws: ServerConnection) -> None:
+        async def pump() -> None:
+            async for msg in ws:
+                await replies.put(msg if isinstance(msg, bytes) else msg.encode())
+
+        reader = asyncio.create_task(pump())
+        while True:
+            await ws.send(await script.get())
+        reader.cancel()
+
+    port = free_port()
+    server = await websockets.serve(handler, "127.0.0.1", port, compression=None)
+    return server, port
+
+
+async def next_frame(replies: asyncio.Queue[bytes], want: FrameType) -> F.Frame:
+    while True:
+        f = F.parse_frame(await asyncio.wait_for(replies.get(), 5))
+        if f.type == want:
+            return f
+
+
+async def test_agent_refuses_tunnels_it_does_not_serve_and_targets_outside_allowed(
+    tmp_path: Path,
+) -> None:
+    async with api_sqlite(tmp_path) as api:
+        key = await api.agent_key("prod-agent")
+        # A tunnel to a real listening port, which must never see a connection.
+        hits = 0
+
+        async def on_conn(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+            nonlocal hits
+            hits += 1
+            w.close()
+
+        target = await asyncio.start_server(on_conn, "127.0.0.1", 0)
+        tport = target.sockets[0].getsockname()[1]
+        res = await api.ok(
+            "POST",
+            "/admin/resources",
+            json={
+                "name": "db",
+                "type": "tunnel",
+                "agent": "prod-agent",
+                "target_host": "127.0.0.1",
+                "target_port": tport,
+            },
+        )
+        script: asyncio.Queue[bytes] = asyncio.Queue()
+        replies: asyncio.Queue[bytes] = asyncio.Queue()
+        server, eport = await fake_edge(script, replies)
+        cfg = parse_config(
+            {
+                "server": {"url": api.url, "api_key": key},
+                "agent": {"name": "prod-agent"},
+                "tunnel": {
+                    "enabled": True,
+                    "edge_url": f"ws://127.0.0.1:{eport}",
+                    "allowed_targets": ["10.0.0.0/8"],
+                },
+            },
+            tmp_path / "agent.yml",
+        )
+        control = ControlClient(cfg)
+        client = TunnelClient(cfg, control)
+        task = asyncio.create_task(client.run())
+        try:
+            await asyncio.wait_for(client.connected.wait(), 10)
+            # 1. A tunnel id the agent does not serve: RESET not_allowed, no dial.
+            await script.put(F.encode_open(1, 9999, "203.0.113.9:1234"))
+            f = await next_frame(replies, FrameType.RESET)
+            assert f.stream_id == 1 and F.parse_reset(f)[0] == ResetCode.NOT_ALLOWED
+            # 2. Its own tunnel, but the target is outside tunnel.allowed_targets.
+            await script.put(F.encode_open(2, res["resource"]["id"], "203.0.113.9:1235"))
+            f = await next_frame(replies, FrameType.RESET)
+            assert f.stream_id == 2 and F.parse_reset(f)[0] == ResetCode.NOT_ALLOWED
+            assert "allowed_targets" in F.parse_reset(f)[1]
+            # 3. A framing fault closes the link cleanly; the agent reconnects.
+            await script.put(b"\x63garbage")
+            f = await next_frame(replies, FrameType.CONTROL)
+            assert F.parse_control(f)["type"] in ("error", "hello")
+            await asyncio.sleep(0.2)
+            assert hits == 0
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            await control.close()
+            server.close()
+            target.close()
+
+
+@pytest.fixture
+async def edge_env(tmp_path: Path) -> AsyncIterator[tuple[Api, Edge, int]]:
+    async with api_sqlite(tmp_path) as api:
+        async with api.db.write() as s:
+            token = await create_edge_token(s, "t")
+        edge = Edge(api.url, token, poll_wait=2)
+        port = free_port()
+        await edge.start("127.0.0.1", port)
+        assert await edge.wait_synced(10)
+        try:
+            yield api, edge, port
+        finally:
+            await edge.close()
+
+
+async def test_edge_refuses_bad_agent_credentials_and_origin(
+    edge_env: tuple[Api, Edge, int],
+) -> None:
+    api, edge, port = edge_env
+    agent_key = await api.agent_key("prod-agent")
+    sessions_key = (
+        await api.ok("POST", "/admin/apikeys", json={"name": "ci", "scopes": ["sessions"]})
+    )["key"]
+    await asyncio.sleep(0.5)  # the edge follows the change log
+    url = f"ws://127.0.0.1:{port}/agent/connect"
+
+    async def status(headers: dict[str, str]) -> int:
+        try:
+            async with websockets.connect(url, additional_headers=headers, open_timeout=5):
+                return 101
+        except websockets.InvalidStatus as exc:
+            return exc.response.status_code
+
+    assert await status({}) == 401
+    assert await status({"Authorization": f"Bearer {sessions_key}"}) == 403
+    assert await status({"Authorization": "Bearer eg_AAAAAAAA_forged"}) == 403
+    assert (
+        await status({"Authorization": f"Bearer {agent_key}", "Origin": "https://evil.example"})
+        == 403
+    )
+    assert await status({"Authorization": f"Bearer {agent_key}"}) == 101
+    # Revoking the key closes a live link and refuses new ones.
+    async with websockets.connect(
+        url, additional_headers={"Authorization": f"Bearer {agent_key}"}
+    ) as ws:
+        await api.ok("DELETE", "/admin/apikeys/prod-agent")
+        with pytest.raises(websockets.ConnectionClosed):
+            await asyncio.wait_for(ws.recv(), 5)
+            await asyncio.wait_for(ws.recv(), 5)
+    assert await status({"Authorization": f"Bearer {agent_key}"}) == 403
+
+
+async def test_edge_health_degrades_and_keeps_state_when_control_plane_is_gone(
+    tmp_path: Path,
+) -> None:
+    import httpx
+
+    async with api_sqlite(tmp_path) as api:
+        async with api.db.write() as s:
+            token = await create_edge_token(s, "t")
+        await api.agent_key("prod-agent")
+        await api.ok(
+            "POST",
+            "/admin/resources",
+            json={
+                "name": "db",
+                "type": "tunnel",
+                "agent": "prod-agent",
+                "target_host": "127.0.0.1",
+                "target_port": 5432,
+            },
+        )
+        await api.ok(
+            "POST",
+            "/admin/guests",
+            json={"resource": "db", "cidr": "127.0.0.2/32", "duration": "2s"},
+        )
+        edge = Edge(api.url, token, poll_wait=1)
+        port = free_port()
+        await edge.start("127.0.0.1", port)
+        assert await edge.wait_synced(10)
+    # The control plane is gone now.
+    try:
+        async with httpx.AsyncClient() as c:
+            for _ in range(100):
+                r = await c.get(f"http://127.0.0.1:{port}/health")
+                if r.status_code == 503:
+                    break
+                await asyncio.sleep(0.1)
+            assert r.status_code == 503 and r.json()["status"] == "degraded"
+            metrics = (await c.get(f"http://127.0.0.1:{port}/metrics")).text
+            assert "entryguard_edge_control_plane_connected 0" in metrics
+        tun = next(iter(edge.state.tunnels.values()))
+        from entryguard.net import parse_ip
+
+        assert tun.port in {t.port for t in edge.state.tunnels.values()}  # fail-static
+        # The guest grant still expires on the edge's own clock.
+        for _ in range(50):
+            if not tun.allow.covers(parse_ip("127.0.0.2"), time.time()):
+                break
+            await asyncio.sleep(0.1)
+        assert not tun.allow.covers(parse_ip("127.0.0.2"), time.time())
+    finally:
+        await edge.close()
