@@ -143,7 +143,7 @@ async def edge_env(tmp_path: Path) -> AsyncIterator[tuple[Api, Edge, int]]:
 async def test_edge_refuses_bad_agent_credentials_and_origin(
     edge_env: tuple[Api, Edge, int],
 ) -> None:
-    api, edge, port = edge_env
+    api, _edge, port = edge_env
     agent_key = await api.agent_key("prod-agent")
     sessions_key = (
         await api.ok("POST", "/admin/apikeys", json={"name": "ci", "scopes": ["sessions"]})
