@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import secrets
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -108,7 +109,10 @@ class ControlPlane:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"entryguard exited: {self.log_path.read_text()[-3000:]}")
             try:
-                if httpx.get(f"{self.url}/api/v1/health", timeout=1).status_code == 200:
+                if (
+                    httpx.get(f"{self.url}/api/v1/health", timeout=1, verify=False).status_code
+                    == 200
+                ):
                     return
             except httpx.HTTPError:
                 pass
@@ -131,17 +135,24 @@ class ControlPlane:
     def log(self) -> str:
         return self.log_path.read_text() if self.log_path else ""
 
+    @property
+    def ca_file(self) -> Path:
+        return self.data_dir / "tls" / "ca.pem"
+
     def login_token(self, email: str | None = None, password: str | None = None) -> str:
         r = httpx.post(
             f"{self.url}/api/v1/auth/login",
             json={"email": email or self.admin_email, "password": password or self.admin_password},
+            verify=ssl.create_default_context(cafile=str(self.ca_file))
+            if self.url.startswith("https")
+            else True,
         )
         r.raise_for_status()
         return str(r.json()["token"])
 
 
 def make_control_plane(
-    tmp: Path, database_url: str | None, *, ports: int = 20, command: str = "up"
+    tmp: Path, database_url: str | None, *, ports: int = 20, command: str = "up", tls: bool = False
 ) -> ControlPlane:
     data_dir = tmp / "data"
     api_port, edge_port = free_port(), free_port()
@@ -167,13 +178,15 @@ def make_control_plane(
         args += ["--edge-listen", f"127.0.0.1:{edge_port}"]
     if database_url:
         args += ["--database-url", database_url]
+    if tls:
+        args += ["--tls-self-signed"]
     cp = ControlPlane(
-        url=f"http://127.0.0.1:{api_port}",
+        url=f"{'https' if tls else 'http'}://127.0.0.1:{api_port}",
         admin_email="admin@example.com",
         admin_password=password,
         data_dir=data_dir,
         database_url=database_url,
-        edge_url=f"ws://127.0.0.1:{edge_port}",
+        edge_url=f"{'wss' if tls else 'ws'}://127.0.0.1:{edge_port}",
         tunnel_ports=(first, last),
         args=args,
         env=env,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import ssl
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -26,6 +27,12 @@ class Stack:
     users: dict[str, str] = field(default_factory=dict)
 
     @property
+    def verify(self) -> ssl.SSLContext | bool:
+        if self.cp.url.startswith("https"):
+            return ssl.create_default_context(cafile=str(self.cp.ca_file))
+        return True
+
+    @property
     def api(self) -> str:
         return f"{self.cp.url}/api/v1"
 
@@ -35,6 +42,7 @@ class Stack:
             f"{self.api}{path}",
             headers={"Authorization": f"Bearer {token or self.admin}"},
             timeout=30,
+            verify=self.verify,
             **kw,
         )
         assert r.status_code < 300, f"{method} {path}: {r.status_code} {r.text}"
@@ -66,14 +74,14 @@ class Stack:
     def user(self, email: str, source: str) -> str:
         self.call("POST", "/admin/users", json={"email": email, "password": "user-password-1"})
         self.call("POST", "/admin/roles/developers/users", json={"email": email})
-        t = httpx.Client(transport=httpx.HTTPTransport(local_address=source))
+        t = httpx.Client(transport=httpx.HTTPTransport(local_address=source, verify=self.verify))
         r = t.post(f"{self.api}/auth/login", json={"email": email, "password": "user-password-1"})
         r.raise_for_status()
         self.users[email] = r.json()["token"]
         return str(self.users[email])
 
     def session(self, token: str, source: str, duration: str = "1h") -> Any:
-        t = httpx.Client(transport=httpx.HTTPTransport(local_address=source))
+        t = httpx.Client(transport=httpx.HTTPTransport(local_address=source, verify=self.verify))
         r = t.post(
             f"{self.api}/sessions",
             json={"duration": duration},
@@ -87,10 +95,11 @@ class Stack:
 
     def write_agent_config(self, extra: str = "") -> Path:
         cfg = self.tmp / "agent.yml"
+        ca = f'  ca_file: "{self.cp.ca_file}"\n' if self.cp.url.startswith("https") else ""
         cfg.write_text(
-            f'server:\n  url: "{self.cp.url}/api/v1"\n  api_key: "{self.agent_key}"\n'
+            f'server:\n  url: "{self.cp.url}/api/v1"\n  api_key: "{self.agent_key}"\n{ca}'
             f'agent:\n  name: "prod-agent"\n'
-            f'tunnel:\n  enabled: true\n  edge_url: "{self.cp.edge_url}"\n{extra}'
+            f'tunnel:\n  enabled: true\n  edge_url: "{self.cp.edge_url}"\n{ca}{extra}'
         )
         return cfg
 

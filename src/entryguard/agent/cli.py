@@ -12,7 +12,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from entryguard import __version__
+from entryguard import __version__, aio
 from entryguard.agent.config import (
     ConfigError,
     default_config_path,
@@ -162,7 +162,7 @@ def run(
     except ConfigError as exc:
         fail(str(exc))
     try:
-        asyncio.run(run_agent(cfg))
+        aio.run(run_agent(cfg))
     except KeyboardInterrupt:
         pass
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import platform
 import socket
+import ssl
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,7 +32,9 @@ class ControlPlaneError(Exception):
 class ControlClient:
     def __init__(self, cfg: AgentConfig) -> None:
         self.cfg = cfg
-        verify: str | bool = cfg.server.ca_file or True
+        verify: ssl.SSLContext | bool = (
+            ssl.create_default_context(cafile=cfg.server.ca_file) if cfg.server.ca_file else True
+        )
         self._http = httpx.AsyncClient(
             base_url=cfg.server.url,
             headers={

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from typing import cast
 
 from entryguard.mux import MuxError, ResetCode
 from entryguard.relay.link import MuxLink
@@ -31,7 +32,7 @@ class SocketStream(asyncio.Protocol):
         self.stream_id = stream_id
         self.transport: asyncio.Transport | None = None
         self._pending: list[memoryview] = []  # socket bytes waiting for window
-        self._early: list[bytes] = []  # stream bytes that arrived before the socket
+        self._early: list[bytes | memoryview] = []  # stream bytes that arrived before the socket
         self._unacked = 0  # bytes written to the socket, credit not yet returned
         self._write_paused = False
         self._local_eof = False  # the socket sent FIN; forwarded once _pending is empty
@@ -44,10 +45,10 @@ class SocketStream(asyncio.Protocol):
     # --- asyncio.Protocol --------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's transports implement the interface without subclassing it.
+        self.transport = cast(asyncio.Transport, transport)
         set_nodelay(transport)
-        transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
+        self.transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
 
     def attach(self) -> None:
         """Flush what arrived before the socket existed (early data, an early FIN)."""
@@ -105,7 +106,7 @@ class SocketStream(asyncio.Protocol):
     def on_accepted(self) -> None:
         pass
 
-    def on_data(self, data: bytes) -> None:
+    def on_data(self, data: bytes | memoryview) -> None:
         t = self.transport
         if t is None:
             self._early.append(data)
