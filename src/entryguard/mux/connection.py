@@ -33,9 +33,9 @@ from entryguard.mux.events import (
 )
 from entryguard.mux.frames import FrameType, ResetCode
 
-DEFAULT_WINDOW = 256 * 1024
-CHUNK = 64 * 1024
-BATCH = 256 * 1024
+DEFAULT_WINDOW = 1024 * 1024
+CHUNK = 256 * 1024
+BATCH = 512 * 1024
 _FIN = object()  # queue marker: send FIN here, after the bytes before it
 
 

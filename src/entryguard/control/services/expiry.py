@@ -8,12 +8,13 @@ only then does it take the write transaction, where rows are claimed with
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from entryguard.control.db.database import Database
-from entryguard.control.db.models import GuestAccess, utcnow
+from entryguard.control.db.models import GuestAccess, Session, utcnow
 from entryguard.control.services.access_rules import due_guests, end_guest
 from entryguard.control.services.sessions import any_due, due_sessions, end_session
 
@@ -48,15 +49,47 @@ async def expire_once(db: Database) -> int:
     return n
 
 
-async def run_expiry(db: Database, interval: float) -> None:
+async def next_due(db: Database) -> float | None:
+    """Seconds until the earliest active session or guest grant expires (None: nothing)."""
+    async with db.read() as s:
+        a = (
+            await s.execute(select(func.min(Session.expires_at)).where(Session.ended_at.is_(None)))
+        ).scalar()
+        b = (
+            await s.execute(
+                select(func.min(GuestAccess.expires_at)).where(GuestAccess.ended_at.is_(None))
+            )
+        ).scalar()
+    due = [t for t in (a, b) if t is not None]
+    if not due:
+        return None
+    return (min(due) - utcnow()).total_seconds()
+
+
+async def run_expiry(db: Database, interval: float, wake: asyncio.Event | None = None) -> None:
+    """Sleep until the next expiry (at most ``max(interval, 1 s)``, or until ``wake`` is set
+    by a commit that may have added an earlier one), then end what is due.
+
+    The longest sleep bounds how late a row written by *another* replica can expire.
+    """
+    longest = max(interval, 1.0)
     while True:
         try:
-            n = await expire_once(db)
-            if n:
-                log.info("expired %d session(s)/guest grant(s)", n)
+            delay = await next_due(db)
+            if delay is not None and delay <= 0:
+                n = await expire_once(db)
+                if n:
+                    log.info("expired %d session(s)/guest grant(s)", n)
+                continue
+            sleep = longest if delay is None else min(longest, delay + 0.005)
+            if wake is None:
+                await asyncio.sleep(sleep)
+            else:
+                wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(wake.wait(), sleep)
         except asyncio.CancelledError:
             raise
         except Exception:  # keep the job alive through a database blip
             log.exception("expiry pass failed; retrying")
             await asyncio.sleep(2)
-        await asyncio.sleep(interval)
