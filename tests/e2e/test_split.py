@@ -35,9 +35,8 @@ class EdgeProc:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        self.proc = subprocess.Popen(
-            self.args, stdout=open(self.log, "ab"), stderr=subprocess.STDOUT
-        )  # noqa: SIM115
+        log = open(self.log, "ab")  # noqa: SIM115 - the child process owns it
+        self.proc = subprocess.Popen(self.args, stdout=log, stderr=subprocess.STDOUT)
         assert wait_until(lambda: self._healthy(), 20), self.log.read_text()
 
     def _healthy(self) -> bool:
