@@ -125,6 +125,8 @@ async def run_control_plane(
         ssl_keyfile=tls[1] if tls else None,
         proxy_headers=False,  # X-Forwarded-For is handled by our trusted-proxy logic
         server_header=False,
+        # Edges' long-polls would hold a graceful shutdown for up to 25 s.
+        timeout_graceful_shutdown=2,
     )
     server = uvicorn.Server(config)
     tasks: list[asyncio.Task[None]] = []

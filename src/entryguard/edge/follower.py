@@ -11,6 +11,7 @@ import logging
 import random
 import ssl
 import time
+from collections.abc import Awaitable, Callable
 
 import httpx
 
@@ -42,6 +43,9 @@ class ControlPlaneFollower:
             verify=verify,
         )
         self.synced = asyncio.Event()
+        # Awaited after applying a batch and before asking for more: the next poll's
+        # `since` tells the control plane the batch is in force (listeners bound).
+        self.after_apply: Callable[[], Awaitable[None]] | None = None
         self.connected = False
         self.last_contact = 0.0
         self.last_error: str | None = None
@@ -81,6 +85,8 @@ class ControlPlaneFollower:
                 if need_snapshot:
                     await self._snapshot()
                     need_snapshot = False
+                    if self.after_apply is not None:
+                        await self.after_apply()
                 self._mark_ok()
                 r = await self._client.get(
                     "/changes", params={"since": self.state.revision, "wait": self.poll_wait}
@@ -95,6 +101,8 @@ class ControlPlaneFollower:
                 self._raise_for(r)
                 for ch in r.json()["changes"]:
                     self.state.apply(ch)
+                if self.after_apply is not None:
+                    await self.after_apply()
                 self._mark_ok()
                 backoff = 0.5
             except asyncio.CancelledError:

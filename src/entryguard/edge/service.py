@@ -68,6 +68,8 @@ class Edge:
         self.link_names: dict[int, str] = {}
         self.conns: dict[int, set[ClientStream]] = {}  # tunnel id -> live client connections
         self._tasks: list[asyncio.Task[Any]] = []
+        self._starting: list[asyncio.Task[None]] = []
+        self.follower.after_apply = self._settle
         self._expiry_wake = asyncio.Event()
         self.server: Server | None = None
         self.started_at = time.time()
@@ -83,8 +85,14 @@ class Edge:
     def _tunnel_added(self, t: Tunnel) -> None:
         lst = TunnelListener(self, t)
         self.listeners[t.id] = lst
-        self._tasks.append(asyncio.get_running_loop().create_task(lst.start(self.tunnel_host)))
+        self._starting.append(asyncio.get_running_loop().create_task(lst.start(self.tunnel_host)))
         self._expiry_wake.set()
+
+    async def _settle(self) -> None:
+        """Wait for listeners opened by the changes just applied (see follower.after_apply)."""
+        starting, self._starting = self._starting, []
+        if starting:
+            await asyncio.gather(*starting, return_exceptions=True)
 
     def _tunnel_removed(self, t: Tunnel) -> None:
         lst = self.listeners.pop(t.id, None)

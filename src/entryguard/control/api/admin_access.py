@@ -74,7 +74,9 @@ async def create_resource(
             ports=c.settings.tunnel_ports,
             actor=p.actor,
         )
-        return {"resource": admin_resource_view(r, c.settings, body.agent)}
+        view = admin_resource_view(r, c.settings, body.agent)
+    await edges_apply(request, s.info.get("revision"))
+    return {"resource": view}
 
 
 @router.delete("/resources/{name}")
@@ -86,7 +88,8 @@ async def delete_resource(
         r = await resources.get_resource(s, name)
         view = admin_resource_view(r, c.settings, (await _key_names(s)).get(r.agent_key_id, "?"))
         await resources.delete_resource(s, r, p.actor)
-        return {"resource": view}
+    await edges_apply(request, s.info.get("revision"))
+    return {"resource": view}
 
 
 @router.get("/rules")
