@@ -5,11 +5,13 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -328,3 +330,37 @@ def test_edge_restart_keeps_the_port_and_the_agent_reconnects(stack: Stack) -> N
         ports = {r["name"]: r["port"] for r in stack.call("GET", "/admin/resources")["items"]}
         assert port in ports.values()
         assert wait_until(lambda: _echo_ok(port, "127.0.0.10"), 10)
+
+
+def test_a_frozen_agent_is_detected_by_pings(tmp_path: Path) -> None:
+    """SIGSTOP leaves the TCP connection open: only keepalive pings can tell it is dead."""
+    cp = make_control_plane(tmp_path, None)
+    cp.env["EG_EDGE_PING_INTERVAL"] = "1"
+    cp.env["EG_EDGE_PING_TIMEOUT"] = "2"
+    cp.start()
+    st = Stack(cp=cp, tmp=tmp_path)
+    try:
+        st.setup()
+        st.start_agent()
+        with targets.serve(targets.Echo) as tport:
+            port = st.tunnel("frozen", "127.0.0.1", tport)
+            st.wait_log(f"127.0.0.1:{tport}", 10)
+            tok = st.user("frozen@example.com", "127.0.0.11")
+            st.session(tok, "127.0.0.11")
+            s = connect(port, "127.0.0.11")
+            assert echo_roundtrip(s, b"alive") == b"alive"
+            assert st.agent_proc is not None
+            st.agent_proc.send_signal(signal.SIGSTOP)
+            t0 = time.monotonic()
+            s.settimeout(10)
+            with pytest.raises(ConnectionResetError):
+                while s.recv(10):
+                    pass
+                raise ConnectionResetError("closed")
+            assert time.monotonic() - t0 < 1 + 2 + 2  # interval + timeout + slack
+            st.agent_proc.send_signal(signal.SIGCONT)
+    finally:
+        if st.agent_proc is not None:
+            st.agent_proc.send_signal(signal.SIGCONT)
+        st.stop_agent()
+        cp.stop()

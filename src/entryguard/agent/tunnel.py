@@ -194,6 +194,7 @@ class TunnelClient:
                         user_agent_header=f"eg-agent/{__version__}",
                         ping_interval=10,
                         ping_timeout=15,
+                        close_timeout=2,
                         max_size=2 * 1024 * 1024,
                         max_queue=64,
                         write_limit=512 * 1024,
