@@ -28,14 +28,16 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def free_port_range(n: int) -> tuple[int, int]:
-    """A run of n ports that were free a moment ago (tests bind them right away)."""
-    for _ in range(50):
-        start = free_port()
-        if start + n > 65000:
-            continue
+    """A run of n ports that were free a moment ago, below the kernel's ephemeral range
+    (so clients' source ports never land in it); probed with SO_REUSEADDR like the edge."""
+    import random
+
+    for _ in range(200):
+        start = random.randrange(15000, 32000 - n)
         ok = True
         for p in range(start, start + n):
             with socket.socket() as s:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 try:
                     s.bind(("127.0.0.1", p))
                 except OSError:

@@ -116,9 +116,14 @@ class World:
     port: int
 
 
-@pytest.fixture(scope="module")
-def world(control_plane: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
-    cp = control_plane
+@pytest.fixture(scope="module", params=["sqlite", "pg"])
+def world(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[World]:
+    # Every command runs against both backends: SQLite (embedded) and the real PostgreSQL.
+    cp: ControlPlane = request.getfixturevalue(
+        "control_plane" if request.param == "sqlite" else "control_plane_pg"
+    )
     admin = Eg(tmp_path_factory.mktemp("admin-home"))
     # The admin gives the URL with /api/v1/: the same server.
     login(admin, f"{cp.url}/api/v1/", cp.admin_email, cp.admin_password)
@@ -429,23 +434,45 @@ def test_unreachable_server(world: World, tmp_path: Path) -> None:
     assert assert_one_line_error(r2, 1) == expected
 
 
+def _sql(cp: ControlPlane, query: str, *args: object) -> list[tuple[object, ...]]:
+    """Run SQL straight against the control plane's database, as an attacker with disk access would."""
+    if cp.database_url is None:
+        db = sqlite3.connect(cp.data_dir / "entryguard.db")
+        try:
+            with db:
+                return list(db.execute(query, args).fetchall())
+        finally:
+            db.close()
+    import asyncio
+
+    import asyncpg
+
+    async def run() -> list[tuple[object, ...]]:
+        conn = await asyncpg.connect(cp.database_url)
+        try:
+            q = query
+            for i in range(len(args)):
+                q = q.replace("?", f"${i + 1}", 1)
+            return [tuple(r) for r in await conn.fetch(q, *args)]
+        finally:
+            await conn.close()
+
+    return asyncio.run(run())
+
+
 def test_audit_verify_detects_tampering(world: World) -> None:
     out = world.admin.ok("admin", "audit", "--verify")
     m = re.fullmatch(r"✓ audit chain intact \((\d+) events\)\n", out)
     assert m and int(m.group(1)) > 5
-    db = sqlite3.connect(world.cp.data_dir / "entryguard.db")
+    ((actor,),) = _sql(world.cp, "SELECT actor FROM audit_events WHERE id = 3")
     try:
-        (actor,) = db.execute("SELECT actor FROM audit_events WHERE id = 3").fetchone()
-        with db:
-            db.execute("UPDATE audit_events SET actor = 'mallory' WHERE id = 3")
+        _sql(world.cp, "UPDATE audit_events SET actor = 'mallory' WHERE id = 3")
         r = world.admin("admin", "audit", "--verify")
         line = assert_one_line_error(r, 1, "event 3")
         assert line.startswith("✗ audit chain broken at event 3: ")
         assert world.admin("admin", "audit", "--verify", "--json").returncode == 1
     finally:
-        with db:
-            db.execute("UPDATE audit_events SET actor = ? WHERE id = 3", (actor,))
-        db.close()
+        _sql(world.cp, "UPDATE audit_events SET actor = ? WHERE id = 3", actor)
     assert world.admin.ok("admin", "audit", "--verify").startswith("✓ audit chain intact")
 
 
