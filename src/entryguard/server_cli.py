@@ -14,7 +14,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from entryguard import __version__
+from entryguard import __version__, aio
 from entryguard.control.db.database import Database, sqlite_url_for
 from entryguard.control.settings import PortRange, Settings
 from entryguard.net import CidrError, parse_cidr
@@ -41,6 +41,13 @@ DbUrl = Annotated[
         "--database-url",
         envvar="EG_DATABASE_URL",
         help="postgresql://… or sqlite:///…; default: SQLite in the data dir.",
+    ),
+]
+OfflineAfter = Annotated[
+    str,
+    typer.Option(
+        envvar="EG_AGENT_OFFLINE_AFTER",
+        help="An agent silent this long is marked offline (three missed 15 s heartbeats).",
     ),
 ]
 
@@ -82,11 +89,18 @@ def build_settings(
     tunnel_ports: str,
     trusted_proxies: list[str],
     secure: bool,
+    agent_offline_after: str = "45s",
 ) -> Settings:
+    from entryguard.durations import parse_duration
+
     try:
         ports = PortRange.parse(tunnel_ports)
     except ValueError as exc:
         fail(str(exc))
+    try:
+        offline_after = parse_duration(agent_offline_after, bare_unit="s")
+    except ValueError as exc:
+        fail(f"--agent-offline-after: {exc} (a bare number is seconds)")
     proxies = []
     for p in trusted_proxies:
         try:
@@ -100,6 +114,7 @@ def build_settings(
         tunnel_ports=ports,
         trusted_proxies=tuple(proxies),
         secure_cookies=secure,
+        agent_offline_after=float(offline_after),
     )
 
 
@@ -186,7 +201,7 @@ def _run_control(
     from entryguard.control.runner import run_control_plane
 
     try:
-        asyncio.run(
+        aio.run(
             run_control_plane(
                 settings,
                 host,
@@ -252,6 +267,7 @@ def up(
         list[str],
         typer.Option(help="CIDR of a proxy whose X-Forwarded-For is trusted (repeatable)."),
     ] = [],  # noqa: B006
+    agent_offline_after: OfflineAfter = "45s",
     log_level: Annotated[str, typer.Option(help="debug, info, warning")] = "info",
 ) -> None:
     """Run the control plane and the edge in one process (SQLite in the data dir by default)."""
@@ -262,7 +278,13 @@ def up(
     host, port = parse_listen(listen, 8080)
     tls = _tls_args(host, tls_cert, tls_key, tls_self_signed, data_dir, public_host)
     settings = build_settings(
-        data_dir, database_url, public_host, tunnel_ports, trusted_proxy, tls is not None
+        data_dir,
+        database_url,
+        public_host,
+        tunnel_ports,
+        trusted_proxy,
+        tls is not None,
+        agent_offline_after,
     )
     _run_control(settings, host, port, tls, log_level, True, edge_listen, True)
 
@@ -287,6 +309,7 @@ def server(
         list[str],
         typer.Option(help="CIDR of a proxy whose X-Forwarded-For is trusted (repeatable)."),
     ] = [],  # noqa: B006
+    agent_offline_after: OfflineAfter = "45s",
     log_level: Annotated[str, typer.Option(help="debug, info, warning")] = "info",
 ) -> None:
     """Run the control plane only (REST API, dashboard, background jobs)."""
@@ -298,7 +321,13 @@ def server(
     host, port = parse_listen(listen, 8080)
     tls = _tls_args(host, tls_cert, tls_key, tls_self_signed, data_dir, public_host)
     settings = build_settings(
-        data_dir, database_url, public_host, tunnel_ports, trusted_proxy, tls is not None
+        data_dir,
+        database_url,
+        public_host,
+        tunnel_ports,
+        trusted_proxy,
+        tls is not None,
+        agent_offline_after,
     )
     _run_control(settings, host, port, tls, log_level, False, "", False)
 
@@ -372,7 +401,7 @@ def edge(
             await e.close()
 
     try:
-        asyncio.run(run())
+        aio.run(run())
     except KeyboardInterrupt:
         pass
     except ListenError as exc:

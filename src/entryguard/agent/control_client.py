@@ -1,4 +1,4 @@
-"""The agent's calls to the control plane: its tunnel list and heartbeats."""
+"""The agent's calls to the control plane: its tunnel list, heartbeats and script commands."""
 
 from __future__ import annotations
 
@@ -27,6 +27,15 @@ class TunnelTarget:
 
 class ControlPlaneError(Exception):
     """A call to the control plane failed; the message says why in one line."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status  # the HTTP status, None when the server was not reached
+
+    @property
+    def transient(self) -> bool:
+        """Worth retrying: unreachable, timed out, or a server-side error."""
+        return self.status is None or self.status >= 500 or self.status == 429
 
 
 class ControlClient:
@@ -66,7 +75,7 @@ class ControlClient:
                 msg = f"the API key was refused ({msg}): check server.api_key"
             elif r.status_code == 403:
                 msg = f"the API key lacks the agent:connect scope ({msg})"
-            raise ControlPlaneError(f"{method} {path}: HTTP {r.status_code}: {msg}")
+            raise ControlPlaneError(f"{method} {path}: HTTP {r.status_code}: {msg}", r.status_code)
         return r.json() if r.content else None
 
     async def tunnels(self) -> list[TunnelTarget]:
@@ -87,5 +96,31 @@ class ControlClient:
                 "os": f"{platform.system()} {platform.machine()}"[:64],
                 "modes": self.cfg.modes,
                 "tunnel_connected": tunnel_connected,
+            },
+        )
+
+    async def next_command(self, wait: float) -> dict[str, Any] | None:
+        """Claim the next script command (long-poll up to ``wait`` seconds); None if none."""
+        body = await self._request("GET", "/agent/commands/next", params={"wait": wait})
+        command: dict[str, Any] | None = body.get("command")
+        return command
+
+    async def report_command(
+        self,
+        command_id: int,
+        *,
+        exit_code: int | None,
+        duration_ms: int,
+        output: str,
+        error: str | None,
+    ) -> None:
+        await self._request(
+            "POST",
+            f"/agent/commands/{command_id}/result",
+            json={
+                "exit_code": exit_code,
+                "duration_ms": duration_ms,
+                "output": output,
+                "error": error,
             },
         )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 
 from entryguard.agent.config import AgentConfig
@@ -12,7 +13,9 @@ from entryguard.agent.control_client import ControlClient, ControlPlaneError
 
 log = logging.getLogger("entryguard.agent")
 
-HEARTBEAT_INTERVAL = 15.0
+# EG_AGENT_HEARTBEAT_INTERVAL (seconds) exists for tests; operators keep the default,
+# which the control plane's offline threshold (three missed beats) is tuned to.
+HEARTBEAT_INTERVAL = float(os.environ.get("EG_AGENT_HEARTBEAT_INTERVAL") or 15.0)
 DRAIN_TIMEOUT = 10.0
 
 

@@ -14,7 +14,15 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from entryguard import __version__
-from entryguard.control.api import admin_access, admin_directory, agent, auth, edge, me
+from entryguard.control.api import (
+    admin_access,
+    admin_directory,
+    agent,
+    agent_commands,
+    auth,
+    edge,
+    me,
+)
 from entryguard.control.api.deps import Ctx
 from entryguard.control.db.database import Database
 from entryguard.control.errors import ApiError
@@ -22,6 +30,7 @@ from entryguard.control.services.agents import run_offline_watch
 from entryguard.control.services.edge_sync import ChangeNotifier, prune_changes
 from entryguard.control.services.expiry import run_expiry
 from entryguard.control.settings import Settings
+from entryguard.control.web import mount_dashboard
 
 log = logging.getLogger("entryguard.control")
 API = "/api/v1"
@@ -43,6 +52,8 @@ def create_app(
 ) -> FastAPI:
     database = db or Database(settings.database_url)
     notifier = ChangeNotifier(database)
+    expiry_wake = asyncio.Event()  # a commit may have added an earlier expiry
+    database.on_commit_changes.append(expiry_wake.set)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -50,7 +61,7 @@ def create_app(
         tasks = []
         if background:
             tasks = [
-                asyncio.create_task(run_expiry(database, settings.expiry_interval), name="expiry"),
+                asyncio.create_task(run_expiry(database, settings.expiry_interval, expiry_wake), name="expiry"),
                 asyncio.create_task(
                     run_offline_watch(database, settings.agent_offline_after), name="offline"
                 ),
@@ -116,7 +127,9 @@ def create_app(
         admin_directory.router,
         admin_access.router,
         agent.router,
+        agent_commands.router,
         edge.router,
     ):
         app.include_router(r, prefix=API)
+    mount_dashboard(app)  # pages at /, assets at /static, cookie sign-in
     return app

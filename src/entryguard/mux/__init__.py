@@ -1,8 +1,14 @@
-"""The tunnel protocol between edge and agent, sans I/O (see docs/protocol.md)."""
+"""The tunnel protocol between edge and agent, sans I/O (see docs/protocol.md).
 
-from entryguard.mux.connection import DEFAULT_WINDOW, MuxConnection
+Bytes in, events and bytes out, time passed in; no asyncio, socket or WebSocket code
+here. ``frames`` is the wire format, ``connection`` the state machine, ``errors`` says
+whose fault a failure was, ``events`` what ``receive_message`` reports.
+"""
+
+from entryguard.mux.codes import PROTOCOL_VERSION, FrameType, ResetCode
+from entryguard.mux.connection import CHUNK, DEFAULT_WINDOW, MuxConnection
 from entryguard.mux.errors import (
-    FramingError,
+    ConnectionProtocolError,
     LocalProtocolError,
     MuxError,
     RemoteProtocolError,
@@ -20,16 +26,20 @@ from entryguard.mux.events import (
     StreamReset,
     WindowUpdated,
 )
-from entryguard.mux.frames import FrameType, ResetCode
+from entryguard.mux.frames import Frame, encode_frame, parse_frame
+from entryguard.mux.stream import StreamState
 
 __all__ = [
+    "CHUNK",
     "DEFAULT_WINDOW",
+    "PROTOCOL_VERSION",
+    "ConnectionProtocolError",
     "ConnectionTerminated",
     "ControlReceived",
     "DataReceived",
     "Event",
+    "Frame",
     "FrameType",
-    "FramingError",
     "LocalProtocolError",
     "MuxConnection",
     "MuxError",
@@ -41,5 +51,8 @@ __all__ = [
     "StreamOpened",
     "StreamProtocolError",
     "StreamReset",
+    "StreamState",
     "WindowUpdated",
+    "encode_frame",
+    "parse_frame",
 ]

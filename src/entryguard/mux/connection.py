@@ -1,24 +1,31 @@
 """The mux state machine: streams, credit flow control, priorities, timers. No I/O.
 
-Feed each WebSocket message to :meth:`MuxConnection.receive_message` and act on the
-events; send what :meth:`messages_to_send` returns. Time is passed in (``now``), so
-open timeouts are tested without sleeping.
+Feed each WebSocket binary message to :meth:`MuxConnection.receive_message` and act on
+the events; send what :meth:`~MuxConnection.messages_to_send` returns, in order. Time is
+passed in (``now``, any monotonic clock), so open timeouts are tested without sleeping:
+call :meth:`~MuxConnection.handle_timer` once :meth:`~MuxConnection.get_timer` is due.
 
-Ordering rules:
-- Control frames (OPEN, OPENED, WINDOW, RESET, CONTROL) leave before any queued DATA,
-  so a revocation or a credit update is never stuck behind megabytes of bulk data.
-- FIN rides on its stream's own queue, after that stream's last DATA byte.
-- DATA is taken round-robin across streams, one chunk each, in bounded batches.
+Ordering and batching of what leaves: see :mod:`entryguard.mux.outbox`.
+
+Flow control: each side grants the other ``initial_window`` bytes per stream (its own,
+announced in its ``hello``). Until the peer's hello arrives a sender assumes the peer
+grants what it grants itself; the hello then corrects every open stream's window.
+Credit is returned once a quarter of the window has been consumed, so a sender always
+holds most of a window and never stalls on a full one.
 """
 
 from __future__ import annotations
 
 import heapq
-from collections import deque
 from typing import Any, Literal
 
 from entryguard.mux import frames as F
-from entryguard.mux.errors import FramingError, LocalProtocolError, StreamProtocolError
+from entryguard.mux.codes import PROTOCOL_VERSION, FrameType, ResetCode
+from entryguard.mux.errors import (
+    ConnectionProtocolError,
+    LocalProtocolError,
+    StreamProtocolError,
+)
 from entryguard.mux.events import (
     ConnectionTerminated,
     ControlReceived,
@@ -31,35 +38,16 @@ from entryguard.mux.events import (
     StreamReset,
     WindowUpdated,
 )
-from entryguard.mux.frames import FrameType, ResetCode
+from entryguard.mux.outbox import BATCH, CHUNK, Outbox
+from entryguard.mux.stream import Ended, RecentlyClosed, Stream, StreamState
 
-DEFAULT_WINDOW = 1024 * 1024
-CHUNK = 256 * 1024
-BATCH = 512 * 1024
-_FIN = object()  # queue marker: send FIN here, after the bytes before it
+__all__ = ["BATCH", "CHUNK", "DEFAULT_WINDOW", "RECENTLY_CLOSED", "MuxConnection"]
 
+DEFAULT_WINDOW = 1024 * 1024  # measured: smaller windows cap a single stream's throughput
+RECENTLY_CLOSED = 4096  # closed stream ids remembered, so late frames are told from faults
 
-class _Stream:
-    __slots__ = (
-        "accepted",
-        "id",
-        "local_fin",
-        "out",
-        "recv_unacked",
-        "recv_window",
-        "remote_fin",
-        "send_window",
-    )
-
-    def __init__(self, stream_id: int, window: int, peer_window: int) -> None:
-        self.id = stream_id
-        self.send_window = peer_window  # bytes we may still send
-        self.recv_window = window  # bytes the peer may still send us
-        self.recv_unacked = 0  # consumed by the application, credit not yet returned
-        self.out: deque[Any] = deque()  # memoryview chunks (within window) and _FIN
-        self.local_fin = False
-        self.remote_fin = False
-        self.accepted = False
+_DATA, _WINDOW, _OPEN, _OPENED = FrameType.DATA, FrameType.WINDOW, FrameType.OPEN, FrameType.OPENED
+_FIN, _RESET, _CONTROL = FrameType.FIN, FrameType.RESET, FrameType.CONTROL
 
 
 class MuxConnection:
@@ -74,256 +62,366 @@ class MuxConnection:
     ) -> None:
         if role not in ("edge", "agent"):
             raise ValueError("role must be 'edge' or 'agent'")
+        if not 1 <= initial_window <= F.MAX_WINDOW:
+            raise ValueError(f"initial_window must be 1 … {F.MAX_WINDOW}")
         self.role = role
         self.initial_window = initial_window
-        self.peer_window = initial_window
+        self.peer_window = initial_window  # until the peer's hello says otherwise
         self.max_streams = max_streams
         self.max_pending_opens = max_pending_opens
         self.open_timeout = open_timeout
-        self.streams: dict[int, _Stream] = {}
         self.closed = False
-        self._last_id = 0  # highest stream id seen or allocated: ids are never reused
-        self._control: list[bytes] = []
-        self._ready: deque[_Stream] = deque()  # streams with queued DATA/FIN
-        self._pending_opens: dict[int, float] = {}  # stream id -> deadline (edge side)
+        self.goaway_received = False
+        self.last_receive = 0.0  # ``now`` of the last message, for idle checks by the runtime
+        self._peer_hello = False
+        self._goaway_sent = False
+        self._credit_at = max(1, initial_window // 4)
+        self._streams: dict[int, Stream] = {}
+        self._highest = 0  # highest stream id opened: ids only grow, never reused
+        self._ended = RecentlyClosed(RECENTLY_CLOSED)
+        self._out = Outbox()
+        self._unanswered: dict[int, float] = {}  # OPEN without OPENED/RESET -> deadline
         self._timers: list[tuple[float, int]] = []
 
-    # --- sending (the application's calls) --------------------------------------------
+    # --- queries -----------------------------------------------------------------------
+
+    def stream_state(self, stream_id: int) -> StreamState:
+        st = self._streams.get(stream_id)
+        return StreamState.CLOSED if st is None else st.state
+
+    @property
+    def stream_count(self) -> int:
+        return len(self._streams)
+
+    # --- sending (the application's calls) ------------------------------------------------
 
     def open_stream(self, tunnel_id: int, client_addr: str, now: float) -> int:
+        """Edge: open a stream to ``tunnel_id``; DATA may follow at once (early data)."""
+        self._check_open()
         if self.role != "edge":
             raise LocalProtocolError("only the edge opens streams")
-        self._check_open()
-        if len(self.streams) >= self.max_streams:
-            raise LocalProtocolError(f"too many streams ({self.max_streams})")
-        if len(self._pending_opens) >= self.max_pending_opens:
+        if self.goaway_received:
+            raise LocalProtocolError("the agent is going away", code=ResetCode.REFUSED)
+        if len(self._streams) >= self.max_streams:
             raise LocalProtocolError(
-                f"too many unanswered OPENs ({self.max_pending_opens}): the agent is not keeping up"
+                f"too many streams ({self.max_streams})", code=ResetCode.REFUSED
             )
-        if self._last_id >= 0xFFFFFFFF:
-            raise LocalProtocolError("stream ids exhausted: reconnect")
-        self._last_id += 1
-        sid = self._last_id
-        self.streams[sid] = _Stream(sid, self.initial_window, self.peer_window)
-        self._control.append(F.encode_open(sid, tunnel_id, client_addr))
+        if len(self._unanswered) >= self.max_pending_opens:
+            raise LocalProtocolError(
+                f"too many unanswered OPENs ({self.max_pending_opens}): the agent is not keeping up",
+                code=ResetCode.REFUSED,
+            )
+        if self._highest >= F.MAX_STREAM_ID:
+            raise LocalProtocolError("stream ids exhausted: reconnect", code=ResetCode.REFUSED)
+        sid = self._highest + 1
+        message = F.encode_open(sid, tunnel_id, client_addr)  # checks before any change
+        self._highest = sid
+        self._streams[sid] = Stream(sid, self.initial_window, self.peer_window)
+        self._out.control.append(message)
         deadline = now + self.open_timeout
-        self._pending_opens[sid] = deadline
+        self._unanswered[sid] = deadline
         heapq.heappush(self._timers, (deadline, sid))
         return sid
 
     def send_opened(self, stream_id: int) -> None:
+        """Agent: the target is dialed; the stream may now carry DATA both ways."""
         st = self._stream(stream_id)
         if self.role != "agent" or st.accepted:
             raise LocalProtocolError(f"stream {stream_id}: OPENED is the agent's answer, sent once")
         st.accepted = True
-        self._control.append(F.encode(FrameType.OPENED, stream_id))
+        self._unanswered.pop(stream_id, None)
+        self._out.control.append(F.encode(_OPENED, stream_id))
 
-    def send_data(self, stream_id: int, data: bytes | memoryview) -> int:
-        """Queue what the peer's window allows; returns how many bytes were taken."""
+    def send_data(self, stream_id: int, data: bytes | bytearray | memoryview) -> int:
+        """Queue what the peer's window allows; returns how many bytes were taken.
+
+        Keep the rest and offer it again after ``WindowUpdated``. The bytes are queued
+        without a copy: do not change a buffer after handing it over.
+        """
         st = self._stream(stream_id)
         if st.local_fin:
-            raise LocalProtocolError(f"stream {stream_id}: DATA after FIN")
+            raise LocalProtocolError(f"stream {stream_id}: DATA after FIN", stream_id=stream_id)
+        if not st.accepted and self.role == "agent":
+            raise LocalProtocolError(f"stream {stream_id}: DATA before OPENED", stream_id=stream_id)
         n = min(len(data), st.send_window)
         if n <= 0:
             return 0
         view = data if isinstance(data, memoryview) else memoryview(data)
-        if not st.out:
-            self._ready.append(st)
-        for i in range(0, n, CHUNK):
-            st.out.append(view[i : min(i + CHUNK, n)])
+        self._out.push_data(st, view[:n] if n < len(view) else view)
         st.send_window -= n
         return n
 
     def consumed(self, stream_id: int, n: int) -> None:
-        """The application passed ``n`` received bytes on: return credit, early and in bulk."""
-        st = self.streams.get(stream_id)
-        if st is None:
-            return  # stream already gone: nothing to credit
+        """The application passed on ``n`` received bytes: give the peer credit back.
+
+        A no-op for a stream that is already gone, so it is safe in clean-up paths.
+        """
+        if n < 0:
+            raise LocalProtocolError(f"consumed({n}): a negative count")
+        st = self._streams.get(stream_id)
+        if st is None or n == 0 or self.closed:
+            return
+        if n > st.recv_buffered:
+            # Credit for bytes never received would let the peer overrun our buffers.
+            raise LocalProtocolError(
+                f"stream {stream_id}: consumed {n} bytes, only {st.recv_buffered} were received",
+                stream_id=stream_id,
+            )
+        st.recv_buffered -= n
+        if st.remote_fin:
+            return  # the peer sends nothing more: credit would be noise
         st.recv_unacked += n
-        # Return credit once a quarter of the window is consumed, so the sender
-        # always has most of a window in flight and never stalls on it.
-        if st.recv_unacked >= self.initial_window // 4:
+        if st.recv_unacked >= self._credit_at:
             credit, st.recv_unacked = st.recv_unacked, 0
             st.recv_window += credit
-            self._control.append(F.encode_window(stream_id, credit))
+            self._out.control.append(F.encode_window(stream_id, credit))
 
     def send_fin(self, stream_id: int) -> None:
+        """Half-close: FIN goes out right after the bytes already taken. Idempotent."""
         st = self._stream(stream_id)
         if st.local_fin:
             return
+        if not st.accepted and self.role == "agent":
+            raise LocalProtocolError(f"stream {stream_id}: FIN before OPENED", stream_id=stream_id)
         st.local_fin = True
-        if not st.out:
-            self._ready.append(st)
-        st.out.append(_FIN)
+        if st.queued:
+            st.fin_pending = True
+        else:
+            self._emit_fin(st)
 
     def send_reset(self, stream_id: int, code: ResetCode, text: str = "") -> None:
-        st = self.streams.pop(stream_id, None)
-        if st is None:
+        """Abort the stream; queued DATA is dropped. A no-op for a stream already gone."""
+        st = self._streams.get(stream_id)
+        if st is None or self.closed:
             return
-        st.out.clear()
-        self._pending_opens.pop(stream_id, None)
-        self._control.append(F.encode_reset(stream_id, code, text))
+        self._forget(st, Ended.RESET_SENT)
+        self._out.control.append(F.encode_reset(stream_id, code, text))
 
     def send_control(self, obj: dict[str, Any]) -> None:
-        self._control.append(F.encode_control(obj))
+        """Queue a CONTROL message; ``{"type": "goaway"}`` also refuses the peer's new OPENs."""
+        self._check_open()
+        self._out.control.append(F.encode_control(obj))
+        if obj["type"] == "goaway":
+            self._goaway_sent = True
 
     def messages_to_send(self, limit: int = BATCH) -> list[bytes]:
-        """Control frames first, then DATA round-robin; at most ~``limit`` bytes of DATA."""
-        out = self._control
-        self._control = []
-        budget = limit
-        ready = self._ready
-        while ready and budget > 0:
-            st = ready.popleft()
-            if self.streams.get(st.id) is not st or not st.out:
-                continue  # reset meanwhile
-            item = st.out.popleft()
-            if item is _FIN:
-                out.append(F.encode(FrameType.FIN, st.id))
-                self._maybe_close(st)
-            else:
-                out.append(F.encode(FrameType.DATA, st.id, item))
-                budget -= len(item)
-            if st.out:
-                ready.append(st)
+        """Everything that may go now, in order: control frames, then DATA round-robin."""
+        out, fins = self._out.take(limit)
+        for st in fins:
+            if st.finished:
+                self._forget(st, Ended.FINISHED)
         return out
 
-    # --- receiving -----------------------------------------------------------------------
+    # --- receiving ------------------------------------------------------------------------
 
     def receive_message(self, message: bytes | memoryview, now: float = 0.0) -> list[Event]:
+        """One WebSocket message in; never raises for the peer's faults.
+
+        ``DataReceived.data`` is a view into ``message``: pass an immutable ``bytes``.
+        """
         if self.closed:
             return []
+        self.last_receive = now
         events: list[Event] = []
         try:
             frame = F.parse_frame(message)
-            self._handle(frame, events)
+            if frame.type is _DATA:  # the hot path first
+                self._receive_data(frame, events)
+            else:
+                self._receive_other(frame, events)
         except StreamProtocolError as exc:
-            self._stream_fault(exc.stream_id, str(exc), events)
-        except FramingError as exc:
-            self.closed = True
-            self._control.append(F.encode_control({"type": "error", "message": str(exc)}))
-            events.append(ProtocolError(None, str(exc)))
-            events.append(ConnectionTerminated(str(exc)))
+            self._stream_fault(exc, message[0] == _RESET, events)
+        except ConnectionProtocolError as exc:
+            self._connection_fault(str(exc), events)
         return events
 
-    def _handle(self, frame: F.Frame, events: list[Event]) -> None:
-        t, sid = frame.type, frame.stream_id
-        if t is FrameType.DATA:
-            st = self.streams.get(sid)
-            if st is None:
-                return self._unknown(sid, "DATA", events)
-            n = len(frame.payload)
-            if st.remote_fin:
-                raise StreamProtocolError(sid, "DATA after FIN")
-            if self.role == "edge" and not st.accepted:
-                raise StreamProtocolError(sid, "DATA before OPENED")
-            if n > st.recv_window:
-                raise StreamProtocolError(
-                    sid, f"window overflow: {n} bytes sent, {st.recv_window} allowed"
-                )
+    def _receive_data(self, frame: F.Frame, events: list[Event]) -> None:
+        sid = frame.stream_id
+        st = self._streams.get(sid)
+        if st is None:
+            return self._not_live(frame)
+        n = len(frame.payload)
+        if st.remote_fin:
+            raise StreamProtocolError(sid, "DATA after FIN")
+        if not st.accepted and self.role == "edge":
+            raise StreamProtocolError(sid, "DATA before OPENED")
+        if n > st.recv_window:
+            raise StreamProtocolError(
+                sid, f"window overflow: {n} bytes sent, {st.recv_window} allowed"
+            )
+        if n:
             st.recv_window -= n
+            st.recv_buffered += n
             events.append(DataReceived(sid, frame.payload))
-        elif t is FrameType.WINDOW:
-            st = self.streams.get(sid)
-            if st is None:
-                return self._unknown(sid, "WINDOW", events)
+        return None
+
+    def _receive_other(self, frame: F.Frame, events: list[Event]) -> None:
+        t, sid = frame.type, frame.stream_id
+        if t is _CONTROL:
+            return self._receive_control(F.parse_control(frame), events)
+        if t is _OPEN:
+            return self._receive_open(frame, events)
+        if t is _OPENED and self.role != "edge":
+            raise ConnectionProtocolError("OPENED sent to the agent: only the agent answers OPEN")
+        st = self._streams.get(sid)
+        if st is None:
+            return self._not_live(frame)
+        if t is _WINDOW:
             credit = F.parse_window(frame)
             if st.send_window + credit > F.MAX_WINDOW:
                 raise StreamProtocolError(sid, "WINDOW credit overflows 2^31-1")
             st.send_window += credit
             events.append(WindowUpdated(sid))
-        elif t is FrameType.OPEN:
-            self._receive_open(frame, events)
-        elif t is FrameType.OPENED:
-            F.expect_empty(frame)
-            st = self.streams.get(sid)
-            if st is None:
-                return self._unknown(sid, "OPENED", events)
-            if self.role != "edge" or st.accepted:
-                raise StreamProtocolError(sid, "unexpected OPENED")
+        elif t is _RESET:
+            code, text = F.parse_reset(frame)
+            self._forget(st, Ended.RESET_RECEIVED)
+            events.append(StreamReset(sid, code, text, remote=True))
+        elif t is _OPENED:
+            if st.accepted:
+                raise StreamProtocolError(sid, "second OPENED")
             st.accepted = True
-            self._pending_opens.pop(sid, None)
+            self._unanswered.pop(sid, None)
             events.append(StreamAccepted(sid))
-        elif t is FrameType.FIN:
-            F.expect_empty(frame)
-            st = self.streams.get(sid)
-            if st is None:
-                return self._unknown(sid, "FIN", events)
+        else:  # FIN
             if st.remote_fin:
                 raise StreamProtocolError(sid, "second FIN")
+            if not st.accepted and self.role == "edge":
+                raise StreamProtocolError(sid, "FIN before OPENED")
             st.remote_fin = True
             events.append(StreamEnded(sid))
-            self._maybe_close(st)
-        elif t is FrameType.RESET:
-            code, text = F.parse_reset(frame)
-            st = self.streams.pop(sid, None)
-            self._pending_opens.pop(sid, None)
-            if st is not None:
-                events.append(StreamReset(sid, code, text, remote=True))
-        elif t is FrameType.CONTROL:
-            events.append(ControlReceived(F.parse_control(frame)))
+            if st.finished:
+                self._forget(st, Ended.FINISHED)
         return None
 
     def _receive_open(self, frame: F.Frame, events: list[Event]) -> None:
         sid = frame.stream_id
         if self.role != "agent":
-            raise FramingError("OPEN sent to the edge: only the edge opens streams")
-        if sid <= self._last_id:
-            raise FramingError(f"OPEN reuses stream id {sid} (last was {self._last_id})")
-        self._last_id = sid
+            raise ConnectionProtocolError("OPEN sent to the edge: only the edge opens streams")
+        if sid <= self._highest:
+            raise ConnectionProtocolError(
+                f"OPEN for stream {sid}: ids must grow (the last was {self._highest})"
+            )
+        self._highest = sid
+        # From here a fault costs this stream only; its early DATA is ignored.
+        self._ended.add(sid, Ended.RESET_SENT)
         tunnel_id, addr = F.parse_open(frame)
-        unanswered = sum(1 for s in self.streams.values() if not s.accepted)
-        if len(self.streams) >= self.max_streams or unanswered >= self.max_pending_opens:
-            self._control.append(F.encode_reset(sid, ResetCode.REFUSED, "too many streams"))
-            events.append(ProtocolError(sid, "stream limit reached: OPEN refused"))
+        if self._goaway_sent:
+            self._out.control.append(F.encode_reset(sid, ResetCode.REFUSED, "going away"))
             return
-        self.streams[sid] = _Stream(sid, self.initial_window, self.peer_window)
+        if len(self._streams) >= self.max_streams:
+            raise StreamProtocolError(
+                sid, f"too many streams ({self.max_streams}): OPEN refused", code=ResetCode.REFUSED
+            )
+        if len(self._unanswered) >= self.max_pending_opens:
+            raise StreamProtocolError(
+                sid,
+                f"too many unanswered OPENs ({self.max_pending_opens}): OPEN refused",
+                code=ResetCode.REFUSED,
+            )
+        self._ended.discard(sid)
+        self._streams[sid] = Stream(sid, self.initial_window, self.peer_window)
+        self._unanswered[sid] = float("inf")  # counted, never timed out here
         events.append(StreamOpened(sid, tunnel_id, addr))
 
-    def _unknown(self, sid: int, what: str, events: list[Event]) -> None:
-        if sid <= self._last_id:
-            return  # late frame on a stream we already closed or reset: harmless
-        self._control.append(F.encode_reset(sid, ResetCode.PROTOCOL, f"unknown stream {sid}"))
-        events.append(ProtocolError(sid, f"{what} for unknown stream {sid}"))
+    def _receive_control(self, obj: dict[str, Any], events: list[Event]) -> None:
+        kind = obj["type"]
+        if kind == "hello" and not self._peer_hello:
+            self._peer_hello = True
+            if obj.get("version") != PROTOCOL_VERSION:
+                raise ConnectionProtocolError(
+                    f"the peer speaks protocol version {obj.get('version')!r}, "
+                    f"this side {PROTOCOL_VERSION}"
+                )
+            window = obj.get("window", self.peer_window)
+            if type(window) is not int or not 1 <= window <= F.MAX_WINDOW:
+                raise ConnectionProtocolError(f"hello announces an invalid window {window!r}")
+            # Streams opened before the hello assumed our own window: correct them.
+            delta = window - self.peer_window
+            self.peer_window = window
+            for st in self._streams.values():
+                st.send_window += delta
+        elif kind == "goaway":
+            self.goaway_received = True
+        events.append(ControlReceived(obj))
 
-    def _stream_fault(self, sid: int, message: str, events: list[Event]) -> None:
-        events.append(ProtocolError(sid, message))
-        if sid in self.streams:
-            self.send_reset(sid, ResetCode.PROTOCOL, message)
-            events.append(StreamReset(sid, int(ResetCode.PROTOCOL), message, remote=False))
+    def _not_live(self, frame: F.Frame) -> None:
+        """A frame for a stream that is not open: a harmless late frame, or a fault."""
+        t, sid = frame.type, frame.stream_id
+        if sid > self._highest:
+            raise StreamProtocolError(sid, f"{t.name} for unknown stream {sid}")
+        fault = self._ended.late_frame_fault(sid, t)
+        if fault is not None:
+            raise StreamProtocolError(sid, fault)
 
-    # --- time ------------------------------------------------------------------------------
+    def _stream_fault(self, exc: StreamProtocolError, on_reset: bool, events: list[Event]) -> None:
+        sid, code, message = exc.stream_id, exc.code, str(exc)
+        events.append(ProtocolError(sid, message, code))
+        st = self._streams.get(sid)
+        if st is not None:
+            # A malformed RESET still ends the stream; answering it would risk a loop.
+            self._forget(st, Ended.RESET_RECEIVED if on_reset else Ended.RESET_SENT)
+            events.append(StreamReset(sid, code, message, remote=False))
+        if not on_reset:  # never answer a RESET with a RESET (RFC 9113 §5.4.2)
+            self._out.control.append(F.encode_reset(sid, code, message))
+
+    def _connection_fault(self, message: str, events: list[Event]) -> None:
+        self.closed = True
+        for st in self._streams.values():
+            st.live = False
+        self._streams.clear()
+        self._out.drop_data()
+        self._unanswered.clear()
+        self._timers.clear()
+        self._out.control.append(
+            F.encode_control({"type": "error", "code": "protocol", "message": message[:1000]})
+        )
+        events.append(ProtocolError(None, message))
+        events.append(ConnectionTerminated(message))
+
+    # --- time -----------------------------------------------------------------------------
 
     def get_timer(self) -> float | None:
+        """When ``handle_timer`` is next due, or None."""
         timers = self._timers
-        while timers and timers[0][1] not in self._pending_opens:
+        while timers and timers[0][1] not in self._unanswered:
             heapq.heappop(timers)
         return timers[0][0] if timers else None
 
     def handle_timer(self, now: float) -> list[Event]:
+        """Reset (TIMEOUT) every OPEN still unanswered at ``now``."""
         events: list[Event] = []
         timers = self._timers
         while timers and timers[0][0] <= now:
             _, sid = heapq.heappop(timers)
-            if self._pending_opens.pop(sid, None) is not None and sid in self.streams:
-                msg = f"no answer to OPEN within {self.open_timeout:g} s"
-                self.send_reset(sid, ResetCode.TIMEOUT, msg)
-                events.append(StreamReset(sid, int(ResetCode.TIMEOUT), msg, remote=False))
+            st = self._streams.get(sid)
+            if sid in self._unanswered and st is not None:
+                text = f"no answer to OPEN within {self.open_timeout:g} s"
+                self.send_reset(sid, ResetCode.TIMEOUT, text)
+                events.append(StreamReset(sid, ResetCode.TIMEOUT, text, remote=False))
         return events
 
-    # --- helpers ---------------------------------------------------------------------------
+    # --- helpers --------------------------------------------------------------------------
 
-    def _stream(self, stream_id: int) -> _Stream:
+    def _stream(self, stream_id: int) -> Stream:
         self._check_open()
-        st = self.streams.get(stream_id)
+        st = self._streams.get(stream_id)
         if st is None:
-            raise LocalProtocolError(f"stream {stream_id} is not open")
+            raise LocalProtocolError(f"stream {stream_id} is not open", stream_id=stream_id)
         return st
 
     def _check_open(self) -> None:
         if self.closed:
             raise LocalProtocolError("the connection is closed")
 
-    def _maybe_close(self, st: _Stream) -> None:
-        if st.remote_fin and st.local_fin and not st.out and self.streams.get(st.id) is st:
-            del self.streams[st.id]
+    def _emit_fin(self, st: Stream) -> None:
+        self._out.control.append(F.encode(_FIN, st.id))
+        st.fin_sent = True
+        if st.finished:
+            self._forget(st, Ended.FINISHED)
+
+    def _forget(self, st: Stream, how: Ended) -> None:
+        st.live = False
+        st.drop_queue()
+        del self._streams[st.id]
+        self._unanswered.pop(st.id, None)
+        self._ended.add(st.id, how)

@@ -1,0 +1,94 @@
+"""Every user's pages: my resources and session, my session history."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import HTMLResponse, Response
+
+from entryguard.control.api import me as me_api
+from entryguard.control.api.deps import client_ip, ctx, edges_apply
+from entryguard.control.auth.principal import Principal
+from entryguard.control.errors import ApiError
+from entryguard.control.services import sessions
+from entryguard.control.services.grants import user_resources
+from entryguard.control.services.views import resource_view, session_view
+from entryguard.control.web.auth import checked_form, signed_in
+from entryguard.control.web.render import Flash, FormState, redirect, render_page, text_values
+from entryguard.durations import DurationError, format_duration, parse_duration
+
+router = APIRouter(include_in_schema=False)
+
+
+async def _home(request: Request, p: Principal, form: FormState, status: int = 200) -> HTMLResponse:
+    c = ctx(request)
+    async with c.db.read() as s:
+        sess = await sessions.active_session(s, p.user.id)
+        resources = [resource_view(r, c.settings) for r in await user_resources(s, p.user.id)]
+        cap = await sessions.max_duration_for(s, p.user, c.settings)
+    return render_page(
+        request,
+        "home.html",
+        p=p,
+        title="My access",
+        nav="home",
+        status=status,
+        session=session_view(sess, p.user.email) if sess else None,
+        resources=resources,
+        max_duration=format_duration(cap),
+        your_ip=client_ip(request),
+        form=form,
+    )
+
+
+@router.get("/")
+async def home(request: Request, p: Principal = Depends(signed_in)) -> Response:
+    return await _home(request, p, FormState(values={"duration": "4"}))
+
+
+@router.post("/session/start")
+async def start_session(request: Request, p: Principal = Depends(signed_in)) -> Response:
+    values = text_values(await checked_form(request, p))
+    form = FormState(values={"duration": values.get("duration", "")[:32]})
+    try:
+        seconds = parse_duration(form.values["duration"])
+    except DurationError as exc:
+        form.errors["duration"] = str(exc)
+        return await _home(request, p, form, 400)
+    c = ctx(request)
+    try:
+        async with c.db.write() as s:
+            out = await sessions.start_session(s, p.user, client_ip(request), seconds, c.settings)
+    except ApiError as exc:
+        form.errors["duration"] = exc.message
+        return await _home(request, p, form, exc.status)
+    await edges_apply(request, s.info.get("revision"))
+    sess = out["session"]
+    text = f"Session started for {sess.ip}: {format_duration(seconds)}."
+    if out["capped"]:
+        text = (
+            f"Session started for {sess.ip}, capped at your roles' maximum of "
+            f"{format_duration(out['max_duration_seconds'])}."
+        )
+    return redirect(request, "/", Flash("success", text))
+
+
+@router.post("/session/stop")
+async def stop_session(request: Request, p: Principal = Depends(signed_in)) -> Response:
+    await checked_form(request, p)
+    try:
+        async with ctx(request).db.write() as s:
+            await sessions.stop_session(s, p.user, client_ip(request))
+    except ApiError as exc:
+        return redirect(request, "/", Flash("warning", exc.message))
+    await edges_apply(request, s.info.get("revision"))
+    return redirect(request, "/", Flash("success", "Session stopped: your IP is revoked."))
+
+
+@router.get("/history")
+async def history(request: Request, p: Principal = Depends(signed_in)) -> Response:
+    # The REST API's read handler, called in-process: the same rows and views as
+    # `eg session history`, and one query to maintain.
+    items = (await me_api.history(request, p))["items"]
+    return render_page(
+        request, "history.html", p=p, title="Session history", nav="history", items=items
+    )
