@@ -61,7 +61,9 @@ def create_app(
         tasks = []
         if background:
             tasks = [
-                asyncio.create_task(run_expiry(database, settings.expiry_interval, expiry_wake), name="expiry"),
+                asyncio.create_task(
+                    run_expiry(database, settings.expiry_interval, expiry_wake), name="expiry"
+                ),
                 asyncio.create_task(
                     run_offline_watch(database, settings.agent_offline_after), name="offline"
                 ),
