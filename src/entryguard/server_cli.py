@@ -244,79 +244,39 @@ def _tls_args(
     return None
 
 
-@app.command()
-def up(
-    data_dir: DataDir = Path(".entryguard"),
-    listen: Annotated[str, typer.Option(help="API + dashboard address.")] = "127.0.0.1:8080",
-    edge_listen: Annotated[
-        str, typer.Option(help="Edge address (agent WebSocket, /health, /metrics).")
-    ] = "127.0.0.1:8081",
-    tunnel_ports: Annotated[
-        str, typer.Option(help="Tunnel port range, FIRST-LAST.")
-    ] = "41000-41999",
-    public_host: Annotated[
-        str, typer.Option(help="Host shown in connection strings.")
-    ] = "127.0.0.1",
-    database_url: DbUrl = None,
-    tls_cert: Annotated[Path | None, typer.Option(help="TLS certificate (PEM).")] = None,
-    tls_key: Annotated[Path | None, typer.Option(help="TLS private key (PEM).")] = None,
-    tls_self_signed: Annotated[
-        bool, typer.Option(help="Generate a CA and certificate in the data dir.")
-    ] = False,
-    trusted_proxy: Annotated[
-        list[str],
-        typer.Option(help="CIDR of a proxy whose X-Forwarded-For is trusted (repeatable)."),
-    ] = [],  # noqa: B006
-    agent_offline_after: OfflineAfter = "45s",
-    log_level: Annotated[str, typer.Option(help="debug, info, warning")] = "info",
+Listen = Annotated[str, typer.Option(help="API + dashboard address.")]
+EdgeListen = Annotated[str, typer.Option(help="Edge address (agent WebSocket, /health, /metrics).")]
+TunnelPorts = Annotated[str, typer.Option(help="Tunnel port range, FIRST-LAST.")]
+PublicHost = Annotated[str, typer.Option(help="Host shown in connection strings.")]
+TlsCert = Annotated[Path | None, typer.Option(help="TLS certificate (PEM).")]
+TlsKey = Annotated[Path | None, typer.Option(help="TLS private key (PEM).")]
+TlsSelfSigned = Annotated[bool, typer.Option(help="Generate a CA and certificate in the data dir.")]
+TrustedProxy = Annotated[
+    list[str], typer.Option(help="CIDR of a proxy whose X-Forwarded-For is trusted (repeatable).")
+]
+LogLevel = Annotated[str, typer.Option(help="debug, info, warning")]
+
+
+def _serve(
+    *,
+    data_dir: Path,
+    listen: str,
+    tunnel_ports: str,
+    public_host: str,
+    database_url: str | None,
+    tls_cert: Path | None,
+    tls_key: Path | None,
+    tls_self_signed: bool,
+    trusted_proxy: list[str],
+    agent_offline_after: str,
+    log_level: str,
+    edge_listen: str | None,
 ) -> None:
-    """Run the control plane and the edge in one process (SQLite in the data dir by default)."""
+    """`up` (with the edge) and `server` (without) share everything else."""
     from entryguard.control.bootstrap import prepare_data_dir
 
     setup_logging(log_level)
-    prepare_data_dir(data_dir)
-    host, port = parse_listen(listen, 8080)
-    tls = _tls_args(host, tls_cert, tls_key, tls_self_signed, data_dir, public_host)
-    settings = build_settings(
-        data_dir,
-        database_url,
-        public_host,
-        tunnel_ports,
-        trusted_proxy,
-        tls is not None,
-        agent_offline_after,
-    )
-    _run_control(settings, host, port, tls, log_level, True, edge_listen, True)
-
-
-@app.command()
-def server(
-    data_dir: DataDir = Path(".entryguard"),
-    listen: Annotated[str, typer.Option(help="API + dashboard address.")] = "127.0.0.1:8080",
-    tunnel_ports: Annotated[
-        str, typer.Option(help="Tunnel port range, FIRST-LAST.")
-    ] = "41000-41999",
-    public_host: Annotated[
-        str, typer.Option(help="Host shown in connection strings.")
-    ] = "127.0.0.1",
-    database_url: DbUrl = None,
-    tls_cert: Annotated[Path | None, typer.Option(help="TLS certificate (PEM).")] = None,
-    tls_key: Annotated[Path | None, typer.Option(help="TLS private key (PEM).")] = None,
-    tls_self_signed: Annotated[
-        bool, typer.Option(help="Generate a CA and certificate in the data dir.")
-    ] = False,
-    trusted_proxy: Annotated[
-        list[str],
-        typer.Option(help="CIDR of a proxy whose X-Forwarded-For is trusted (repeatable)."),
-    ] = [],  # noqa: B006
-    agent_offline_after: OfflineAfter = "45s",
-    log_level: Annotated[str, typer.Option(help="debug, info, warning")] = "info",
-) -> None:
-    """Run the control plane only (REST API, dashboard, background jobs)."""
-    from entryguard.control.bootstrap import prepare_data_dir
-
-    setup_logging(log_level)
-    if database_url is None:
+    if database_url is None or edge_listen is not None:
         prepare_data_dir(data_dir)
     host, port = parse_listen(listen, 8080)
     tls = _tls_args(host, tls_cert, tls_key, tls_self_signed, data_dir, public_host)
@@ -329,7 +289,71 @@ def server(
         tls is not None,
         agent_offline_after,
     )
-    _run_control(settings, host, port, tls, log_level, False, "", False)
+    with_edge = edge_listen is not None
+    _run_control(settings, host, port, tls, log_level, with_edge, edge_listen or "", with_edge)
+
+
+@app.command()
+def up(
+    data_dir: DataDir = Path(".entryguard"),
+    listen: Listen = "127.0.0.1:8080",
+    edge_listen: EdgeListen = "127.0.0.1:8081",
+    tunnel_ports: TunnelPorts = "41000-41999",
+    public_host: PublicHost = "127.0.0.1",
+    database_url: DbUrl = None,
+    tls_cert: TlsCert = None,
+    tls_key: TlsKey = None,
+    tls_self_signed: TlsSelfSigned = False,
+    trusted_proxy: TrustedProxy = [],  # noqa: B006
+    agent_offline_after: OfflineAfter = "45s",
+    log_level: LogLevel = "info",
+) -> None:
+    """Run the control plane and the edge in one process (SQLite in the data dir by default)."""
+    _serve(
+        data_dir=data_dir,
+        listen=listen,
+        tunnel_ports=tunnel_ports,
+        public_host=public_host,
+        database_url=database_url,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
+        tls_self_signed=tls_self_signed,
+        trusted_proxy=trusted_proxy,
+        agent_offline_after=agent_offline_after,
+        log_level=log_level,
+        edge_listen=edge_listen,
+    )
+
+
+@app.command()
+def server(
+    data_dir: DataDir = Path(".entryguard"),
+    listen: Listen = "127.0.0.1:8080",
+    tunnel_ports: TunnelPorts = "41000-41999",
+    public_host: PublicHost = "127.0.0.1",
+    database_url: DbUrl = None,
+    tls_cert: TlsCert = None,
+    tls_key: TlsKey = None,
+    tls_self_signed: TlsSelfSigned = False,
+    trusted_proxy: TrustedProxy = [],  # noqa: B006
+    agent_offline_after: OfflineAfter = "45s",
+    log_level: LogLevel = "info",
+) -> None:
+    """Run the control plane only (REST API, dashboard, background jobs)."""
+    _serve(
+        data_dir=data_dir,
+        listen=listen,
+        tunnel_ports=tunnel_ports,
+        public_host=public_host,
+        database_url=database_url,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
+        tls_self_signed=tls_self_signed,
+        trusted_proxy=trusted_proxy,
+        agent_offline_after=agent_offline_after,
+        log_level=log_level,
+        edge_listen=None,
+    )
 
 
 @app.command()
