@@ -417,3 +417,11 @@ async def test_login_logout_and_wrong_password(api: Api) -> None:
     assert (await api.call("GET", "/auth/whoami", tok)).status_code == 401
     actions = [e["action"] for e in (await api.ok("GET", "/admin/audit"))["items"]]
     assert "auth.login_failed" in actions and "auth.logout" in actions
+
+
+async def test_agents_list_shows_targets_and_resources(api: Api) -> None:
+    await setup_tunnel(api)
+    items = (await api.ok("GET", "/admin/agents"))["items"]
+    assert items[0]["targets"] == ["10.0.1.50:5432"]
+    assert items[0]["resources"] == ["production-db"]
+    assert items[0]["connected"] is False and items[0]["last_heartbeat"] is None

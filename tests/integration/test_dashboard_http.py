@@ -214,3 +214,15 @@ async def test_audit_filters_and_exports(api: Api) -> None:
         assert [line.count('"action": "role.create"') for line in r.text.splitlines()] == [1]
         r = await c.get("/admin/audit/export", params={"format": "xml"})
         assert r.status_code == 400
+
+
+async def test_a_generated_password_is_shown_once_and_works(api: Api) -> None:
+    async with signed_in(api) as c:
+        token = csrf_of((await c.get("/admin/users")).text)
+        r = await c.post("/admin/users", data={"csrf": token, "email": "new@example.com"})
+        assert r.status_code == 201 and "shown <strong>only once</strong>" in r.text
+        m = re.search(r'data-testid="new-password".*?data-copy-text>([^<]+)</code>', r.text, re.S)
+        assert m is not None
+        assert "shown <strong>only once" not in (await c.get("/admin/users")).text
+    async with signed_in(api, "new@example.com", m.group(1)) as c:
+        assert "new@example.com" in (await c.get("/")).text

@@ -65,11 +65,13 @@ async def list_agents(s: AsyncSession, offline_after: float) -> list[dict[str, A
         if "agent:connect" not in k.scope_list:
             continue
         st = await s.get(AgentStatus, k.id)
-        res = (
-            await s.execute(
-                select(Resource).where(Resource.agent_key_id == k.id).order_by(Resource.name)
-            )
-        ).scalars()
+        res = list(
+            (
+                await s.execute(
+                    select(Resource).where(Resource.agent_key_id == k.id).order_by(Resource.name)
+                )
+            ).scalars()
+        )
         connected = (
             st is not None
             and not st.offline

@@ -1,0 +1,102 @@
+"""The dashboard in Debian's Chromium (Playwright) against a real control plane on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+from playwright.async_api import (
+    Browser,
+    BrowserContext,
+    Download,
+    Locator,
+    Page,
+    async_playwright,
+    expect,
+)
+
+from entryguard.control.db.database import sqlite_url_for
+from tests.conftest import ROOT
+from tests.integration.conftest import ADMIN, ADMIN_PW, Api, serve_api
+
+CHROMIUM = os.environ.get("EG_CHROMIUM", "/usr/bin/chromium")
+HAVE_CHROMIUM = Path(CHROMIUM).exists()
+SCREENSHOTS = ROOT / "test-output" / "screenshots"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+expect.set_options(timeout=10_000)
+
+
+# One Chromium per test module (it takes a second or two to start); each test gets its
+# own control plane and fresh browser contexts, so tests share no cookies and no data.
+# Test modules here run in a module-scoped event loop: `pytestmark =
+# pytest.mark.asyncio(loop_scope="module")`.
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def api(tmp_path: Path) -> AsyncIterator[Api]:
+    """An in-process control plane (uvicorn on a loopback port, SQLite), its admin signed up."""
+    async with serve_api(sqlite_url_for(tmp_path), tmp_path) as a:
+        yield a
+
+
+@pytest_asyncio.fixture(loop_scope="module", scope="module")
+async def browser() -> AsyncIterator[Browser]:
+    if not HAVE_CHROMIUM:
+        pytest.skip(f"{CHROMIUM} is missing: apt-get install chromium (.ci/run does)")
+    async with async_playwright() as pw:
+        b = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield b
+        finally:
+            await b.close()
+
+
+async def new_page(browser: Browser, api: Api) -> tuple[BrowserContext, Page]:
+    """A fresh browser profile (its own cookies) that accepts every confirm() dialog."""
+    context = await browser.new_context(
+        base_url=api.url, viewport={"width": 1360, "height": 900}, accept_downloads=True
+    )
+    await context.grant_permissions(["clipboard-read", "clipboard-write"], origin=api.url)
+    page = await context.new_page()
+    page.on("dialog", lambda dialog: dialog.accept())
+    return context, page
+
+
+async def sign_in(page: Page, email: str = ADMIN, password: str = ADMIN_PW) -> None:
+    await page.goto("/")
+    await expect(page).to_have_url(re.compile(r"/signin\?next=%2F$"))
+    await page.get_by_label("Email").fill(email)
+    await page.get_by_label("Password").fill(password)
+    await page.get_by_role("button", name="Sign in").click()
+    await expect(page.get_by_role("heading", name="My access", level=1)).to_be_visible()
+    await expect(page.get_by_test_id("who")).to_have_text(email)
+
+
+async def shot(page: Page, name: str) -> Path:
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    path = SCREENSHOTS / f"{name}.png"
+    await page.screenshot(path=str(path), full_page=True)
+    return path
+
+
+async def downloaded_text(download: Download) -> str:
+    path = await download.path()
+    return await asyncio.to_thread(Path(path).read_text)
+
+
+def field_error(page: Page, field: str) -> Locator:
+    """The error shown beside a form field."""
+    return page.locator(f'[data-error-for="{field}"]')
