@@ -90,6 +90,12 @@ def print_banner(
     c.print(
         "  eg admin role create developers && eg admin role add-resource developers production-db"
     )
+    c.print(f"  eg admin role add-user developers {first.email if first else 'admin@localhost'}")
+    c.print(
+        "  eg-agent init --tunnel --edge-url "
+        + (edge_url or "ws://127.0.0.1:8081")
+        + "   # on the private network"
+    )
     c.print("  eg session start --duration 4")
     c.print()
 
