@@ -51,6 +51,14 @@ def wait_targets(st: Stack, target: str) -> None:
     st.wait_log(target, 10)
 
 
+def metric(st: Stack, name: str) -> float:
+    text = httpx.get(st.cp.edge_url.replace("ws://", "http://") + "/metrics", timeout=5).text
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise AssertionError(f"{name} not in /metrics")
+
+
 def refused(port: int, source: str) -> bool:
     """A connection the edge does not admit: reset (even during connect) and no byte."""
     try:
@@ -106,6 +114,10 @@ def test_server_first_and_half_closed_echo_of_1mib(stack: Stack) -> None:
         s.shutdown(socket.SHUT_WR)  # half-close: the echo must still come back in full
         t.join(20)
         assert bytes(got) == payload
+        # Byte counters move while the connection is still open.
+        assert metric(stack, "entryguard_edge_bytes_to_agent_total") >= len(payload)
+        assert metric(stack, "entryguard_edge_bytes_from_agent_total") >= len(payload)
+        assert metric(stack, "entryguard_edge_streams_open") >= 1
         s.close()
 
 

@@ -20,18 +20,17 @@ class EdgeMetrics:
     protocol_errors_total: int = 0
     """Mux protocol errors (stream- or connection-scoped)."""
 
-    def render(self, gauges: dict[str, tuple[str, float]]) -> str:
+    def render(
+        self, gauges: dict[str, tuple[str, float]], live: dict[str, int] | None = None
+    ) -> str:
+        """``live`` adds what open streams have counted so far, so byte counters move
+        while a long connection runs, not only when it closes."""
         lines: list[str] = []
         for f in fields(self):
             name = f"entryguard_edge_{f.name}"
-            doc = self.__class__.__dataclass_fields__[f.name].metadata.get("doc") or f.name.replace(
-                "_", " "
-            )
-            lines += [
-                f"# HELP {name} {doc}",
-                f"# TYPE {name} counter",
-                f"{name} {getattr(self, f.name)}",
-            ]
+            doc = f.name.removesuffix("_total").replace("_", " ")
+            value = getattr(self, f.name) + (live or {}).get(f.name, 0)
+            lines += [f"# HELP {name} {doc}", f"# TYPE {name} counter", f"{name} {value}"]
         for g, (doc, value) in gauges.items():
             name = f"entryguard_edge_{g}"
             lines += [f"# HELP {name} {doc}", f"# TYPE {name} gauge", f"{name} {value:g}"]

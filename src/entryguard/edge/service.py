@@ -167,6 +167,7 @@ class Edge:
         return (503 if degraded else 200), body
 
     def metrics_text(self) -> str:
+        live = [c for conns in self.conns.values() for c in conns]
         return self.metrics.render(
             {
                 "agents_connected": ("Agents with a live WebSocket", float(len(self.links))),
@@ -180,7 +181,11 @@ class Edge:
                     0.0 if self.follower.degraded else 1.0,
                 ),
                 "revision": ("Applied change-log revision", float(self.state.revision)),
-            }
+            },
+            live={
+                "bytes_to_agent_total": sum(c.bytes_up for c in live),
+                "bytes_from_agent_total": sum(c.bytes_down for c in live),
+            },
         )
 
     def _authenticate(self, request: Request) -> AgentCredential | Response:
