@@ -25,7 +25,7 @@ from entryguard.agent.config import AgentConfig
 from entryguard.agent.control_client import ControlClient, ControlPlaneError, TunnelTarget
 from entryguard.mux import MuxConnection, ResetCode
 from entryguard.net import IPNetwork, normalize_ip
-from entryguard.relay.link import MuxLink
+from entryguard.relay.link import AgentClientConnection, MuxLink
 from entryguard.relay.stream import SocketStream
 
 log = logging.getLogger("entryguard.agent")
@@ -198,6 +198,7 @@ class TunnelClient:
                         max_size=2 * 1024 * 1024,
                         max_queue=64,
                         write_limit=512 * 1024,
+                        create_connection=AgentClientConnection,
                     ) as ws:
                         backoff = 0.5
                         await self._serve(ws)

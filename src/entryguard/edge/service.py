@@ -28,7 +28,7 @@ from entryguard.edge.listeners import ClientStream, TunnelListener
 from entryguard.edge.metrics import EdgeMetrics
 from entryguard.edge.state import AgentCredential, EdgeState, Tunnel
 from entryguard.mux import MuxConnection, ResetCode
-from entryguard.relay.link import MuxLink
+from entryguard.relay.link import EdgeServerConnection, MuxLink
 
 log = logging.getLogger("entryguard.edge")
 
@@ -295,6 +295,7 @@ class Edge:
             write_limit=512 * 1024,
             ssl=ssl_context,
             server_header=None,
+            create_connection=EdgeServerConnection,
             **kw,
         )
 

@@ -1,10 +1,18 @@
 """One agent WebSocket carrying many streams: the asyncio side of the mux.
 
-The receive loop never waits on a stream: incoming DATA is handed to the stream's
+The receive path never waits on a stream: incoming DATA is handed to the stream's
 socket with a non-blocking ``transport.write`` and credit is returned only once the
 socket has taken it (see ``SocketStream``), so a stalled client or target holds back
-its own stream through flow control and nothing else. One writer task drains the
-mux's outgoing queue, in which control frames overtake bulk DATA.
+its own stream through flow control and nothing else.
+
+Two shortcuts keep per-message cost and latency down (the WebSocket library's
+per-message work dominates the tunnel's speed, DESIGN.md "Data-plane speed"):
+- incoming binary messages are delivered straight from the connection's
+  ``data_received`` (``FastDelivery``), not through the library's message queue and
+  a task switch per message;
+- ``kick()`` writes queued frames at once while the socket takes them, and only
+  when the transport pushes back does the writer task wait for it to drain.
+The mux's outgoing queue puts control frames ahead of bulk DATA either way.
 """
 
 from __future__ import annotations
@@ -16,8 +24,12 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.connection import Connection
+from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
+from websockets.frames import Frame, Opcode
+from websockets.protocol import State
 
 from entryguard.mux import (
     ConnectionTerminated,
@@ -45,6 +57,36 @@ class StreamHandler(Protocol):
     def on_reset(self, code: int, text: str) -> None: ...
 
 
+class FastDelivery:
+    """Mixin for websockets' asyncio connections: whole binary messages go to ``on_binary``
+    synchronously. Anything else (text, fragments) is a peer bug on this link: the link
+    is closed with 1003 rather than left to the library's queue, which nothing reads."""
+
+    on_binary: Callable[[Any], None] | None = None
+
+    def process_event(self, event: Any) -> None:
+        if self.on_binary is not None and isinstance(event, Frame):
+            if event.opcode is Opcode.BINARY and event.fin:
+                self.on_binary(event.data)
+                return
+            if event.opcode in (Opcode.TEXT, Opcode.BINARY, Opcode.CONT):
+                log.warning("tunnel link: text or fragmented message: closing the link")
+                ws: Any = self
+                asyncio.get_running_loop().create_task(
+                    ws.close(1003, "binary single-frame messages only")
+                )
+                return
+        super().process_event(event)  # type: ignore[misc]
+
+
+class EdgeServerConnection(FastDelivery, ServerConnection):
+    pass
+
+
+class AgentClientConnection(FastDelivery, ClientConnection):
+    pass
+
+
 class MuxLink:
     def __init__(
         self,
@@ -61,6 +103,8 @@ class MuxLink:
         self._on_open = on_open
         self._on_control = on_control
         self._wake = asyncio.Event()
+        self._flushing = False
+        self._blocked = False  # the transport pushed back: the writer task waits to drain
         self.closed = asyncio.Event()
         self.bytes_in = 0
         self.bytes_out = 0
@@ -69,8 +113,32 @@ class MuxLink:
     # --- used by streams ------------------------------------------------------
 
     def kick(self) -> None:
-        """Something was queued on the mux: let the writer send it."""
-        self._wake.set()
+        """Something was queued on the mux: write it now if the socket takes it."""
+        if self._flushing or self._blocked:
+            return
+        ws = self.ws
+        if ws.protocol.state is not State.OPEN:
+            return
+        self._flushing = True
+        try:
+            mux, protocol = self.mux, ws.protocol
+            while True:
+                out = mux.messages_to_send()
+                if not out:
+                    return
+                for msg in out:
+                    self.bytes_out += len(msg)
+                    protocol.send_binary(msg)
+                ws.send_data()
+                if getattr(ws, "paused", False):  # over the write limit: wait for drain
+                    self._blocked = True
+                    self._wake.set()
+                    return
+        except Exception as exc:  # the transport is going away; run() will notice
+            log.debug("%s: write failed: %s", self.name, exc)
+            ws.transport.abort()
+        finally:
+            self._flushing = False
 
     def register(self, stream_id: int, handler: StreamHandler) -> None:
         self.streams[stream_id] = handler
@@ -90,18 +158,15 @@ class MuxLink:
         writer = asyncio.create_task(self._writer(), name=f"{self.name}-writer")
         timer = asyncio.create_task(self._timer(), name=f"{self.name}-timer")
         try:
-            async for message in self.ws:
-                if isinstance(message, str):
-                    log.warning("%s: text message on the tunnel link ignored", self.name)
-                    continue
-                self._dispatch(self.mux.receive_message(message, time.monotonic()))
-                if self.mux.closed:
-                    # Flush the CONTROL error frame, then close cleanly.
-                    for msg in self.mux.messages_to_send():
-                        await self.ws.send(msg)
-                    await self.ws.close(1002, "protocol error")
-                    break
-                self.kick()
+            if isinstance(self.ws, FastDelivery):
+                self.ws.on_binary = self._on_message
+                await self.ws.wait_closed()
+            else:
+                async for message in self.ws:
+                    if isinstance(message, str):
+                        log.warning("%s: text message on the tunnel link ignored", self.name)
+                        continue
+                    self._on_message(message)
         except ConnectionClosed:
             pass
         finally:
@@ -115,6 +180,17 @@ class MuxLink:
             self.streams.clear()
             for h in handlers:
                 h.on_reset(int(ResetCode.UNREACHABLE), "agent link closed")
+
+    def _on_message(self, message: bytes) -> None:
+        if self.mux.closed:
+            return
+        self._dispatch(self.mux.receive_message(message, time.monotonic()))
+        if self.mux.closed:
+            # Flush the CONTROL error frame, then close cleanly.
+            self.kick()
+            asyncio.get_running_loop().create_task(self.ws.close(1002, "protocol error"))
+            return
+        self.kick()
 
     def _dispatch(self, events: list[Any]) -> None:
         streams = self.streams
@@ -162,17 +238,13 @@ class MuxLink:
                 log.error("%s: closing the link: %s", self.name, ev.reason)
 
     async def _writer(self) -> None:
-        ws = self.ws
+        """Only runs when the transport pushed back: wait for it to drain, then go on."""
         while True:
             await self._wake.wait()
             self._wake.clear()
-            while True:
-                out = self.mux.messages_to_send()
-                if not out:
-                    break
-                for msg in out:
-                    self.bytes_out += len(msg)
-                    await ws.send(msg)
+            await self.ws.drain()
+            self._blocked = False
+            self.kick()
 
     async def _timer(self) -> None:
         while True:
