@@ -1,0 +1,1 @@
+"""EntryGuard benchmarks: scripts, not tests (see bench/README.md)."""
