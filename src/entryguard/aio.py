@@ -3,13 +3,45 @@
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import ctypes.util
+import sys
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
 T = TypeVar("T")
 
+# glibc's mallopt parameters (malloc.h).
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
+# A relay reads up to 256 KiB at a time, and every read becomes a fresh ``bytes``. By
+# default glibc serves allocations that large with mmap and unmaps them on free, and
+# gives freed heap tops back to the kernel at 128 KiB: each read then costs an mmap, a
+# munmap and page faults on every touched page. Measured on loopback, a freshly started
+# agent moved about half the bytes per second of one whose heap had grown. Keeping such
+# blocks in the heap, and up to 32 MiB of free heap mapped, removes that churn; idle
+# memory is unchanged (it is bounded by what bursts allocated, not by connections).
+MMAP_THRESHOLD = 4 * 1024 * 1024
+TRIM_THRESHOLD = 32 * 1024 * 1024
+
+
+def tune_allocator() -> bool:
+    """Keep large relay buffers in the heap (glibc only); True if applied."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):  # musl, or no libc to load: leave the defaults
+        return False
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    mallopt.restype = ctypes.c_int
+    ok = mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1
+    return mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1 and ok
+
 
 def run(coro: Coroutine[Any, Any, T]) -> T:
+    tune_allocator()
     try:
         import uvloop
     except ImportError:  # Windows, or installed without it

@@ -7,6 +7,7 @@ import contextlib
 import logging
 import os
 import socket
+from collections.abc import Callable
 from pathlib import Path
 
 import uvicorn
@@ -40,6 +41,21 @@ async def local_edge_token(db: Database, data_dir: Path) -> str:
     with os.fdopen(fd, "w") as f:
         f.write(token + "\n")
     return token
+
+
+class _Server(uvicorn.Server):
+    """Stops accepting, then answers the edges' open long-polls, before the graceful
+    shutdown: otherwise they outlive it and are cancelled with a traceback."""
+
+    def __init__(self, config: uvicorn.Config, on_shutdown: Callable[[], None]) -> None:
+        super().__init__(config)
+        self._on_shutdown = on_shutdown
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        for server in self.servers:
+            server.close()
+        self._on_shutdown()
+        await super().shutdown(sockets)
 
 
 class ListenError(OSError):
@@ -92,7 +108,7 @@ def print_banner(
     )
     c.print(f"  eg admin role add-user developers {first.email if first else 'admin@localhost'}")
     c.print(
-        "  eg-agent init --tunnel --edge-url "
+        f"  eg-agent init --server-url {api_url} --tunnel --edge-url "
         + (edge_url or "ws://127.0.0.1:8081")
         + "   # on the private network"
     )
@@ -134,7 +150,7 @@ async def run_control_plane(
         # Edges' long-polls would hold a graceful shutdown for up to 25 s.
         timeout_graceful_shutdown=2,
     )
-    server = uvicorn.Server(config)
+    server = _Server(config, app.state.notifier.close_polls)
     tasks: list[asyncio.Task[None]] = []
     serve = asyncio.create_task(server.serve(sockets=[sock]), name="control-plane")
     while not server.started:

@@ -45,6 +45,6 @@ async def changes(
             rows = await edge_sync.changes_since(s, since, limit)
             rev = rows[-1]["revision"] if rows else since
         left = deadline - time.monotonic()
-        if rows or left <= 0 or await request.is_disconnected():
+        if rows or left <= 0 or notifier.closing or await request.is_disconnected():
             return {"revision": rev, "changes": rows}
         await notifier.wait(left)

@@ -101,7 +101,14 @@ class ChangeNotifier:
         self._cond = asyncio.Condition()
         self._generation = 0
         self._listener: Any = None
+        # Set when the server begins to shut down: long-polls answer at once instead of
+        # holding the graceful shutdown until they are cancelled.
+        self.closing = False
         db.on_commit_changes.append(self.notify)
+
+    def close_polls(self) -> None:
+        self.closing = True
+        self.notify()
 
     def notify(self) -> None:
         self._generation += 1
@@ -117,7 +124,8 @@ class ChangeNotifier:
             with contextlib.suppress(TimeoutError):
                 # Re-check every 2 s in case a NOTIFY was missed (listener reconnecting).
                 await asyncio.wait_for(
-                    self._cond.wait_for(lambda: self._generation != gen), timeout=min(timeout, 2.0)
+                    self._cond.wait_for(lambda: self._generation != gen or self.closing),
+                    timeout=min(timeout, 2.0),
                 )
 
     def edge_polled(self, edge_id: int, since: int) -> None:
@@ -140,7 +148,7 @@ class ChangeNotifier:
                 if now - seen < 60 and rev < revision
             ]
             left = deadline - loop.time()
-            if not behind or left <= 0:
+            if not behind or left <= 0 or self.closing:
                 return not behind
             await self.wait(min(left, 0.05))
 
