@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import select
+import shutil
 import subprocess
 import sys
 import time
@@ -48,10 +49,15 @@ class Env:
     tmp: Path
     direct: dict[str, int] = field(default_factory=dict)  # target name -> port
     stacks: dict[str, Stack] = field(default_factory=dict)  # "tunnel", "tls"
+    socat2: dict[str, int] = field(default_factory=dict)  # target name -> port of the chain
     pg_db: str | None = None
 
     def port(self, mode: str, name: str) -> int:
-        return self.direct[name] if mode == "direct" else self.stacks[mode].tunnels[name]
+        if mode == "direct":
+            return self.direct[name]
+        if mode == "socat2":
+            return self.socat2[name]
+        return self.stacks[mode].tunnels[name]
 
     def check_alive(self) -> None:
         for st in self.stacks.values():
@@ -92,6 +98,36 @@ def start_targets(env: Env) -> None:
         raise RuntimeError(f"iperf3 -s did not start: {iperf_log.read_text()[-500:]}")
     time.sleep(0.5)
     env.direct["iperf"], env.direct["sockperf"] = iperf_port, sp_port
+
+
+def start_socat_chains(env: Env, with_pg: bool) -> None:
+    """A reference with the tunnel's shape: two relays (socat, in C) between client and target.
+
+    Client -> relay -> relay -> target crosses as many processes and sockets as
+    client -> edge -> agent -> target, so its figures show what the two extra hops alone
+    cost on this machine, whatever the relays are written in. socat forks per
+    connection, so it is only used for long-lived connections (never for -C or connrate).
+    """
+    if shutil.which("socat") is None:
+        log("socat not found: no two-relay reference rows")
+        return
+    targets = {"iperf": env.direct["iperf"], "sockperf": env.direct["sockperf"]}
+    if with_pg:
+        targets["pg"] = 5432
+    for name, port in targets.items():
+        for hop in (1, 2):
+            listen = free_port()
+            env.procs.spawn(
+                [
+                    "socat",
+                    f"TCP-LISTEN:{listen},bind=127.0.0.1,reuseaddr,fork,nodelay",
+                    f"TCP:127.0.0.1:{port},nodelay",
+                ],
+                env.tmp / f"socat-{name}-{hop}.log",
+            )
+            port = listen
+        env.socat2[name] = port
+    time.sleep(0.3)
 
 
 def start_stack(env: Env, mode: str, tls: bool, with_pg: bool) -> Stack:
@@ -240,9 +276,14 @@ Measure = Callable[[Env, str, Plan], Any]
 
 def measurements(env: Env, plan: Plan) -> list[tuple[str, list[str], Measure]]:
     both = ["direct", "tunnel"]
+    ref = ["socat2"] if env.socat2 else []  # the two-relay reference, long-lived conns only
     iperf_modes = [*both, "tls"] if plan.tls else both
     ms: list[tuple[str, list[str], Measure]] = [
-        ("iperf1", iperf_modes, lambda e, m, p: tools.iperf3(e.port(m, "iperf"), SRC, p.iperf_s)),
+        (
+            "iperf1",
+            [*iperf_modes, *ref],
+            lambda e, m, p: tools.iperf3(e.port(m, "iperf"), SRC, p.iperf_s),
+        ),
         (
             "iperf8",
             iperf_modes,
@@ -253,13 +294,21 @@ def measurements(env: Env, plan: Plan) -> list[tuple[str, list[str], Measure]]:
             iperf_modes,
             lambda e, m, p: tools.iperf3(e.port(m, "iperf"), SRC, p.iperf_s, reverse=True),
         ),
-        ("rtt", both, lambda e, m, p: tools.sockperf_rtt(e.port(m, "sockperf"), SRC, p.rtt_s)),
+        (
+            "rtt",
+            [*both, *ref],
+            lambda e, m, p: tools.sockperf_rtt(e.port(m, "sockperf"), SRC, p.rtt_s),
+        ),
         ("rtt_load", both, m_rtt_under_load),
     ]
     if env.pg_db is not None:
         db = env.pg_db
         ms += [
-            ("pg1", both, lambda e, m, p: tools.pgbench_tps(e.port(m, "pg"), db, p.pg_s, 1)),
+            (
+                "pg1",
+                [*both, *ref],
+                lambda e, m, p: tools.pgbench_tps(e.port(m, "pg"), db, p.pg_s, 1),
+            ),
             ("pg16", both, lambda e, m, p: tools.pgbench_tps(e.port(m, "pg"), db, p.pg_s, 16)),
             (
                 "pgC",

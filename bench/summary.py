@@ -144,6 +144,16 @@ def summarize(raw: dict[str, dict[str, list[Any]]], idle_conns: int, tls: bool) 
             spec=("abs_lt", 10.0),
         ),
     ]
+    for key, src, label, unit, fld in (
+        ("ref_iperf1", "iperf1", "iperf3, 1 stream", "MB/s", None),
+        ("ref_rtt_p50", "rtt", "64 B round trip p50, idle", "µs", "p50"),
+        ("ref_pg1", "pg1", "pgbench -S, 1 client", "TPS", None),
+    ):
+        v = med(raw, src, "socat2", fld)
+        if v is not None:
+            # Reference: the same path shape with two C relays (socat) instead of
+            # edge + agent; what any two-hop design pays on this machine.
+            rows.append(R(key, f"{label}: two socat hops", unit, med(raw, src, "direct", fld), v))
     if tls:
         for key, src, label, spec in (
             ("tls1", "iperf1", "TLS tunnel vs plain, 1 stream", ("ratio_min", 0.70)),

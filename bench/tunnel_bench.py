@@ -52,6 +52,7 @@ from bench.measure import (
     log,
     m_connrate,
     measurements,
+    start_socat_chains,
     start_stack,
     start_targets,
 )
@@ -313,6 +314,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             log("PostgreSQL not used: the pgbench rows are skipped")
         start_stack(env, "tunnel", tls=False, with_pg=with_pg)
+        start_socat_chains(env, with_pg)
         if plan.tls:
             start_stack(env, "tls", tls=True, with_pg=False)
         raw = run_rounds(env, plan)
