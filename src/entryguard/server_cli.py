@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import json
 import logging
 import os
 import sys
@@ -15,7 +16,9 @@ import typer
 from rich.console import Console
 
 from entryguard import __version__, aio
-from entryguard.control.db.database import Database, sqlite_url_for
+from entryguard.cli.output import one_line, print_error
+from entryguard.cli.standalone import run_app
+from entryguard.control.db.database import Database, async_url, sqlite_url_for
 from entryguard.control.settings import PortRange, Settings
 from entryguard.net import CidrError, parse_cidr
 
@@ -31,8 +34,7 @@ token_app = typer.Typer(
 )
 app.add_typer(db_app, name="db")
 app.add_typer(token_app, name="edge-token")
-out = Console()
-err = Console(stderr=True)
+out = Console(soft_wrap=True)
 
 DataDir = Annotated[Path, typer.Option("--data-dir", envvar="EG_DATA_DIR", help="Data directory.")]
 DbUrl = Annotated[
@@ -52,9 +54,35 @@ OfflineAfter = Annotated[
 ]
 
 
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts instead of text.")]
+
+
 def fail(message: str) -> None:
-    err.print(f"[red]error:[/red] {message}", highlight=False)
+    print_error(message)  # one line on stderr
     raise typer.Exit(1)
+
+
+def check_database_url(url: str) -> None:
+    """A --database-url EntryGuard can use, or one line saying what is expected."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        backend = make_url(async_url(url)).get_backend_name()
+    except ArgumentError:
+        fail("invalid --database-url: expected postgresql://USER@HOST:PORT/DB or sqlite:///PATH")
+    if backend not in ("postgresql", "sqlite"):
+        fail(
+            f"unsupported database {backend!r} in --database-url: "
+            "use postgresql://USER@HOST:PORT/DB or sqlite:///PATH"
+        )
+
+
+def db_error(exc: BaseException) -> str:
+    """The driver's own message (``database "x" does not exist``), without SQLAlchemy's
+    wrapping and its "Background on this error" line."""
+    orig = getattr(exc, "orig", None)
+    return one_line(str(orig if orig is not None else exc))
 
 
 def parse_listen(text: str, default_port: int) -> tuple[str, int]:
@@ -129,13 +157,20 @@ def setup_logging(level: str) -> None:
 
 
 @app.command()
-def version() -> None:
+def version(json_output: JsonOpt = False) -> None:
     """Print the version."""
+    if json_output:
+        print(json.dumps({"name": "entryguard", "version": __version__}))
+        return
     out.print(f"entryguard {__version__}")
 
 
 @db_app.command("upgrade")
-def db_upgrade(data_dir: DataDir = Path(".entryguard"), database_url: DbUrl = None) -> None:
+def db_upgrade(
+    data_dir: DataDir = Path(".entryguard"),
+    database_url: DbUrl = None,
+    json_output: JsonOpt = False,
+) -> None:
     """Apply database migrations (safe to run repeatedly)."""
     from entryguard.control.bootstrap import prepare_data_dir
     from entryguard.control.db.migrate import upgrade
@@ -143,10 +178,15 @@ def db_upgrade(data_dir: DataDir = Path(".entryguard"), database_url: DbUrl = No
     url = database_url or sqlite_url_for(data_dir)
     if database_url is None:
         prepare_data_dir(data_dir)
+    else:
+        check_database_url(database_url)
     try:
         upgrade(url)
     except Exception as exc:  # surfaced as one line, e.g. connection refused
-        fail(f"migration failed: {exc}")
+        fail(f"migration failed: {db_error(exc)}")
+    if json_output:
+        print(json.dumps({"ok": True, "message": "database is up to date"}))
+        return
     out.print("✓ database is up to date")
 
 
@@ -162,6 +202,8 @@ def edge_token_create(
     from entryguard.control.services.apikeys import create_edge_token
 
     url = database_url or sqlite_url_for(data_dir)
+    if database_url is not None:
+        check_database_url(database_url)
     if database_url is None and not (data_dir / "entryguard.db").exists():
         fail(
             f"no database in {data_dir}: run `entryguard up` or `entryguard db upgrade` first, "
@@ -182,7 +224,7 @@ def edge_token_create(
     except ApiError as exc:
         fail(exc.message)
     except Exception as exc:
-        fail(f"could not create the edge token: {exc}")
+        fail(f"could not create the edge token: {db_error(exc)}")
     if sys.stdout.isatty():
         out.print("Edge token (shown once, keep it secret):")
     print(token)
@@ -198,6 +240,8 @@ def _run_control(
     edge_listen: str,
     banner: bool,
 ) -> None:
+    from sqlalchemy.exc import SQLAlchemyError
+
     from entryguard.control.runner import run_control_plane
 
     try:
@@ -215,6 +259,8 @@ def _run_control(
         )
     except KeyboardInterrupt:
         pass
+    except SQLAlchemyError as exc:
+        fail(f"cannot use the database: {db_error(exc)}")
     except OSError as exc:
         fail(str(exc))
 
@@ -276,6 +322,8 @@ def _serve(
     from entryguard.control.bootstrap import prepare_data_dir
 
     setup_logging(log_level)
+    if database_url is not None:
+        check_database_url(database_url)
     if database_url is None or edge_listen is not None:
         prepare_data_dir(data_dir)
     host, port = parse_listen(listen, 8080)
@@ -434,4 +482,4 @@ def edge(
 
 def main() -> None:
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
-    app()
+    sys.exit(run_app(app, "entryguard", sys.argv[1:]))

@@ -4,30 +4,34 @@ from __future__ import annotations
 
 import os
 import ssl
+from collections.abc import Callable
 from pathlib import Path
 
 import websockets
-from rich.console import Console
 
 from entryguard.agent.config import AgentConfig
 from entryguard.agent.control_client import ControlClient, ControlPlaneError
 
 
-async def run_checks(cfg: AgentConfig, out: Console) -> int:
+async def run_checks(cfg: AgentConfig, report: Callable[[bool, str], None]) -> int:
+    """Run every check, ``report(ok, message)`` each result; return the number of problems."""
     problems = 0
 
     def bad(msg: str) -> None:
         nonlocal problems
         problems += 1
-        out.print(f"✗ {msg}")
+        report(False, msg)
+
+    def good(msg: str) -> None:
+        report(True, msg)
 
     client = ControlClient(cfg)
     try:
         tunnels = await client.tunnels()
-        out.print(f"✓ control plane {cfg.server.url} accepted the API key")
+        good(f"control plane {cfg.server.url} accepted the API key")
         if cfg.tunnel.enabled:
             shown = ", ".join(str(t) for t in tunnels) or "none yet"
-            out.print(f"✓ tunnels served by this agent: {shown}")
+            good(f"tunnels served by this agent: {shown}")
     except ControlPlaneError as exc:
         bad(str(exc))
     finally:
@@ -45,7 +49,7 @@ async def run_checks(cfg: AgentConfig, out: Console) -> int:
                 compression=None,
             ) as ws:
                 await ws.close()
-            out.print(f"✓ edge {cfg.tunnel.edge_url} accepted the agent's WebSocket")
+            good(f"edge {cfg.tunnel.edge_url} accepted the agent's WebSocket")
         except websockets.InvalidStatus as exc:
             code = exc.response.status_code
             hint = (
@@ -65,11 +69,7 @@ async def run_checks(cfg: AgentConfig, out: Console) -> int:
             if problem:
                 bad(problem)
             else:
-                out.print(f"✓ script directory {d}")
-    if problems:
-        out.print(f"{problems} problem(s) found")
-    else:
-        out.print("✓ all checks passed")
+                good(f"script directory {d}")
     return problems
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import sys
@@ -20,6 +21,8 @@ from entryguard.agent.config import (
     load_config,
     parse_config,
 )
+from entryguard.cli.output import one_line
+from entryguard.cli.standalone import run_app
 
 app = typer.Typer(
     help="The EntryGuard agent: tunnels to private targets, and your apply/revoke scripts.",
@@ -27,8 +30,9 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-out = Console(highlight=False)
-err = Console(stderr=True, highlight=False)
+# Whole lines (no wrapping at 80 columns when piped), nothing read as Rich markup.
+out = Console(highlight=False, soft_wrap=True, markup=False, emoji=False)
+err = Console(stderr=True, highlight=False, soft_wrap=True, markup=False, emoji=False)
 
 ConfigOpt = Annotated[
     Path | None,
@@ -36,11 +40,18 @@ ConfigOpt = Annotated[
         "--config", "-c", help="Config file (default: /etc/eg-agent/config.yml or EG_AGENT_CONFIG)."
     ),
 ]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts instead of text.")]
 
 
 def fail(message: str, code: int = 1) -> None:
-    err.print(f"error: {message}")
+    sys.stdout.flush()
+    err.print(f"error: {one_line(message)}")
     raise typer.Exit(code)
+
+
+def print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+    sys.stdout.flush()
 
 
 def _config_path(config: Path | None) -> Path:
@@ -48,8 +59,11 @@ def _config_path(config: Path | None) -> Path:
 
 
 @app.command()
-def version() -> None:
+def version(json_output: JsonOpt = False) -> None:
     """Print the agent's version."""
+    if json_output:
+        print_json({"name": "eg-agent", "version": __version__})
+        return
     out.print(f"eg-agent {__version__}")
 
 
@@ -74,6 +88,7 @@ def init(
         ),
     ] = [],  # noqa: B006
     force: Annotated[bool, typer.Option(help="Overwrite an existing config file.")] = False,
+    json_output: JsonOpt = False,
 ) -> None:
     """Write a config file (mode 0600), asking for what is missing when on a terminal."""
     path = _config_path(config)
@@ -111,8 +126,10 @@ def init(
         "tunnel": {"enabled": bool(tunnel), **({"edge_url": edge_url} if edge_url else {})},
         "scripts": {"enabled": bool(scripts_dir), "allowed_dirs": scripts_dir, "timeout": "30s"},
     }
+    if not tunnel and not scripts_dir:
+        fail("nothing to do: pass --tunnel --edge-url URL (tunnel mode) or --scripts-dir DIR", 2)
     try:
-        parse_config(data, path)
+        cfg = parse_config(data, path)
     except ConfigError as exc:
         fail(str(exc))
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -120,13 +137,16 @@ def init(
     with os.fdopen(fd, "w") as f:
         f.write(dump_config(data))
     os.chmod(path, 0o600)
+    if json_output:
+        print_json({"config": str(path), "mode": "0600", "modes": cfg.modes})
+        return
     out.print(f"✓ wrote {path} (mode 0600)")
     out.print(f"  check it with: eg-agent check --config {path}")
     out.print(f"  run it with:   eg-agent run --config {path}")
 
 
 @app.command()
-def check(config: ConfigOpt = None) -> None:
+def check(config: ConfigOpt = None, json_output: JsonOpt = False) -> None:
     """Validate the config, reach the control plane and (in tunnel mode) the edge."""
     from entryguard.agent.checks import run_checks
 
@@ -135,8 +155,29 @@ def check(config: ConfigOpt = None) -> None:
         cfg = load_config(path)
     except ConfigError as exc:
         fail(str(exc))
-    out.print(f"✓ config {path} is valid (modes: {', '.join(cfg.modes)})")
-    problems = asyncio.run(run_checks(cfg, out))
+    results: list[dict[str, Any]] = []
+
+    def report(ok: bool, message: str) -> None:
+        results.append({"ok": ok, "message": message})
+        if not json_output:
+            out.print(f"{'✓' if ok else '✗'} {message}")
+
+    report(True, f"config {path} is valid (modes: {', '.join(cfg.modes)})")
+    problems = asyncio.run(run_checks(cfg, report))
+    if json_output:
+        print_json(
+            {
+                "config": str(path),
+                "modes": cfg.modes,
+                "ok": not problems,
+                "problems": problems,
+                "checks": results,
+            }
+        )
+    elif problems:
+        out.print(f"{problems} problem(s) found")
+    else:
+        out.print("✓ all checks passed")
     if problems:
         raise typer.Exit(1)
 
@@ -168,4 +209,4 @@ def run(
 
 
 def main() -> None:
-    app()
+    sys.exit(run_app(app, "eg-agent", sys.argv[1:]))

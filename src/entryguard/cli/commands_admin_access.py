@@ -305,7 +305,7 @@ def guest_revoke(
     what = (
         f"guest access {clean(g.get('id'))} ({clean(g.get('cidr'))} → {clean(g.get('resource'))})"
     )
-    if g.get("end_reason") not in (None, "revoked"):
+    if data.get("revoked") is False or g.get("end_reason") not in (None, "revoked"):
         print_line(f"{what[0].upper()}{what[1:]} had already ended ({clean(g.get('end_reason'))})")
     else:
         print_ok(f"Revoked {what}")
@@ -366,7 +366,7 @@ def session_revoke(
         return
     s = data.get("session") or {}
     what = f"{clean(s.get('id'))} of {clean(s.get('user_email'))} ({clean(s.get('ip'))})"
-    if s.get("end_reason") not in (None, "revoked"):
+    if data.get("revoked") is False or s.get("end_reason") not in (None, "revoked"):
         print_line(f"Session {what} had already ended ({clean(s.get('end_reason'))})")
     else:
         print_ok(f"Revoked session {what}")

@@ -7,7 +7,7 @@ import contextlib
 import logging
 import os
 import socket
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import uvicorn
@@ -44,17 +44,20 @@ async def local_edge_token(db: Database, data_dir: Path) -> str:
 
 
 class _Server(uvicorn.Server):
-    """Stops accepting, then answers the edges' open long-polls, before the graceful
-    shutdown: otherwise they outlive it and are cancelled with a traceback."""
+    """Runs ``before_shutdown`` (stop the local edge, answer the edges' open long-polls)
+    once it stops accepting: otherwise the long-polls outlive the graceful shutdown and
+    are cancelled with a traceback."""
 
-    def __init__(self, config: uvicorn.Config, on_shutdown: Callable[[], None]) -> None:
+    def __init__(
+        self, config: uvicorn.Config, before_shutdown: Callable[[], Awaitable[None]]
+    ) -> None:
         super().__init__(config)
-        self._on_shutdown = on_shutdown
+        self._before_shutdown = before_shutdown
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         for server in self.servers:
             server.close()
-        self._on_shutdown()
+        await self._before_shutdown()
         await super().shutdown(sockets)
 
 
@@ -150,8 +153,16 @@ async def run_control_plane(
         # Edges' long-polls would hold a graceful shutdown for up to 25 s.
         timeout_graceful_shutdown=2,
     )
-    server = _Server(config, app.state.notifier.close_polls)
     tasks: list[asyncio.Task[None]] = []
+
+    async def stop_edge_and_polls() -> None:
+        for t in tasks:
+            t.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=5)
+        app.state.notifier.close_polls()
+
+    server = _Server(config, stop_edge_and_polls)
     serve = asyncio.create_task(server.serve(sockets=[sock]), name="control-plane")
     while not server.started:
         if serve.done():

@@ -166,9 +166,12 @@ async def revoke_guest(
     guest_id: int, request: Request, p: Principal = Depends(admin)
 ) -> dict[str, Any]:
     async with ctx(request).db.write() as s:
+        before = await s.get(GuestAccess, guest_id)
+        was_active = before is not None and before.ended_at is None
         g, r = await access_rules.revoke_guest(s, guest_id, p.actor)
     await edges_apply(request, s.info.get("revision"))
-    return {"guest": guest_view(g, r.name)}
+    # "revoked": whether this call ended it (false: it had already ended).
+    return {"guest": guest_view(g, r.name), "revoked": was_active}
 
 
 @router.get("/sessions")
@@ -204,10 +207,12 @@ async def revoke_session(
                 f"no session {session_id}: see `eg admin session list`", code="session_not_found"
             )
         sess, user = row
-        if sess.ended_at is None:
+        was_active = sess.ended_at is None
+        if was_active:
             await sessions.end_session(s, sess, user, "revoked", p.actor)
     await edges_apply(request, s.info.get("revision"))
-    return {"session": session_view(sess, user.email)}
+    # "revoked": whether this call ended it (false: it had already ended).
+    return {"session": session_view(sess, user.email), "revoked": was_active}
 
 
 @router.get("/agents")
