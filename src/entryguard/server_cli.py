@@ -195,6 +195,7 @@ def edge_token_create(
     name: Annotated[str, typer.Option("--name", help="A label for this edge.")] = "edge",
     data_dir: DataDir = Path(".entryguard"),
     database_url: DbUrl = None,
+    json_output: JsonOpt = False,
 ) -> None:
     """Create an edge token (printed once) for `entryguard edge --edge-token`."""
     from entryguard.control.db.migrate import upgrade_async
@@ -225,6 +226,9 @@ def edge_token_create(
         fail(exc.message)
     except Exception as exc:
         fail(f"could not create the edge token: {db_error(exc)}")
+    if json_output:
+        print(json.dumps({"name": name, "token": token}))
+        return
     if sys.stdout.isatty():
         out.print("Edge token (shown once, keep it secret):")
     print(token)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -149,6 +150,29 @@ def test_edge_token_create_prints_a_usable_token(tmp_path: Path) -> None:
             f"{cp.url}/api/v1/edge/snapshot", headers={"Authorization": f"Bearer {token}"}
         )
         assert r.status_code == 200 and "revision" in r.json()
+        out = subprocess.run(
+            [
+                str(BIN / "entryguard"),
+                "edge-token",
+                "create",
+                "--name",
+                "edge-2",
+                "--json",
+                "--data-dir",
+                str(cp.data_dir),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert out.returncode == 0, out.stderr
+        created = json.loads(out.stdout)
+        assert created["name"] == "edge-2" and created["token"] != token
+        r = httpx.get(
+            f"{cp.url}/api/v1/edge/snapshot",
+            headers={"Authorization": f"Bearer {created['token']}"},
+        )
+        assert r.status_code == 200
     finally:
         cp.stop()
     out = subprocess.run(
