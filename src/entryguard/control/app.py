@@ -24,6 +24,7 @@ from entryguard.control.api import (
     me,
 )
 from entryguard.control.api.deps import Ctx
+from entryguard.control.body_limit import BodyLimit
 from entryguard.control.db.database import Database
 from entryguard.control.errors import ApiError
 from entryguard.control.services.agents import run_offline_watch
@@ -134,4 +135,5 @@ def create_app(
     ):
         app.include_router(r, prefix=API)
     mount_dashboard(app)  # pages at /, assets at /static, cookie sign-in
+    app.add_middleware(BodyLimit)
     return app
