@@ -229,3 +229,86 @@ async def test_edge_health_degrades_and_keeps_state_when_control_plane_is_gone(
         assert not tun.allow.covers(parse_ip("127.0.0.2"), time.time())
     finally:
         await edge.close()
+
+
+async def _relay_sockets_have_nodelay(tmp_path: Path) -> tuple[int, int]:
+    """One connection through an in-process edge and agent; TCP_NODELAY on both relayed
+    sockets (the client's at the edge, the target's at the agent)."""
+    import socket
+
+    async with api_sqlite(tmp_path) as api:
+        async with api.db.write() as s:
+            token = await create_edge_token(s, "t")
+        key = await api.agent_key("prod-agent")
+
+        async def echo(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+            w.write(await r.read(100))
+            await w.drain()
+
+        target = await asyncio.start_server(echo, "127.0.0.1", 0)
+        res = await api.ok(
+            "POST",
+            "/admin/resources",
+            json={
+                "name": "echo",
+                "type": "tunnel",
+                "agent": "prod-agent",
+                "target_host": "127.0.0.1",
+                "target_port": target.sockets[0].getsockname()[1],
+            },
+        )
+        await api.ok("POST", "/admin/rules", json={"resource": "echo", "cidr": "127.0.0.2/32"})
+        edge = Edge(api.url, token, poll_wait=2)
+        eport = free_port()
+        await edge.start("127.0.0.1", eport)
+        cfg = parse_config(
+            {
+                "server": {"url": api.url, "api_key": key},
+                "agent": {"name": "prod-agent"},
+                "tunnel": {"enabled": True, "edge_url": f"ws://127.0.0.1:{eport}"},
+            },
+            tmp_path / "agent.yml",
+        )
+        control = ControlClient(cfg)
+        client = TunnelClient(cfg, control)
+        task = asyncio.create_task(client.run())
+        try:
+            assert await edge.wait_synced(10)
+            await asyncio.wait_for(client.connected.wait(), 10)
+            for _ in range(100):  # the edge learns of the rule and the agent's link
+                if edge.links and edge.state.tunnels:
+                    break
+                await asyncio.sleep(0.05)
+            r, w = await asyncio.open_connection(
+                "127.0.0.1", res["resource"]["port"], local_addr=("127.0.0.2", 0)
+            )
+            w.write(b"ping")
+            assert await asyncio.wait_for(r.readexactly(4), 5) == b"ping"
+            (at_edge,) = edge.conns[res["resource"]["id"]]
+            (at_agent,) = client.streams
+            flags = []
+            for stream in (at_edge, at_agent):
+                assert stream.transport is not None
+                sock = stream.transport.get_extra_info("socket")
+                flags.append(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+            w.close()
+            return flags[0], flags[1]
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            await control.close()
+            await edge.close()
+            target.close()
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_relayed_sockets_have_nodelay_on_both_sides(tmp_path: Path, loop: str) -> None:
+    """The relay relies on the event loop to set TCP_NODELAY (both asyncio and uvloop do
+    for every TCP transport); a small write must never wait for Nagle."""
+    if loop == "uvloop":
+        uvloop = pytest.importorskip("uvloop")
+        flags = uvloop.run(_relay_sockets_have_nodelay(tmp_path))
+    else:
+        flags = asyncio.run(_relay_sockets_have_nodelay(tmp_path))
+    assert flags[0] and flags[1]

@@ -7,15 +7,6 @@ import socket
 import struct
 
 
-def set_nodelay(transport: asyncio.BaseTransport) -> None:
-    sock = transport.get_extra_info("socket")
-    if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-        try:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        except OSError:
-            pass
-
-
 def abort_with_rst(transport: asyncio.BaseTransport) -> None:
     """Close so the peer sees a TCP reset (SO_LINGER 0), not an orderly FIN."""
     sock = transport.get_extra_info("socket")
