@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 import pytest_asyncio
@@ -64,14 +65,59 @@ async def browser() -> AsyncIterator[Browser]:
             await b.close()
 
 
+REQUESTS: list[str] = []
+"""Every URL a page of the current test asked for (documents, assets, fetches, downloads)."""
+BLOCKED: list[str] = []
+"""What the browser reported refusing under the page's Content-Security-Policy: a
+reference to another host is blocked before it becomes a request, so it shows here."""
+PAGE_ERRORS: list[str] = []
+"""Uncaught exceptions in the dashboard's scripts."""
+
+
+def _console(text: str) -> None:
+    if "Content Security Policy" in text:
+        BLOCKED.append(text)
+
+
+def _origin(url: str) -> tuple[str, str | None, int | None]:
+    parts = urlsplit(url)
+    return parts.scheme, parts.hostname, parts.port
+
+
+def outside_origin(urls: list[str], origin: str) -> list[str]:
+    """The URLs that do not go to ``origin`` (scheme, host and port all count)."""
+    return [u for u in urls if _origin(u) != _origin(origin)]
+
+
+@pytest.fixture(autouse=True)
+def only_the_control_plane(api: Api) -> Iterator[None]:
+    """After each test: every request its pages made went to the control plane's own
+    127.0.0.1 origin; nothing was refused by the CSP; no script threw."""
+    for log in (REQUESTS, BLOCKED, PAGE_ERRORS):
+        log.clear()
+    yield
+    assert REQUESTS, "no request was recorded: the recorder is not attached"
+    assert urlsplit(api.url).hostname == "127.0.0.1"
+    assert outside_origin(REQUESTS, api.url) == []
+    assert BLOCKED == []
+    assert PAGE_ERRORS == []
+
+
 async def new_page(browser: Browser, api: Api) -> tuple[BrowserContext, Page]:
-    """A fresh browser profile (its own cookies) that accepts every confirm() dialog."""
+    """A fresh browser profile (its own cookies) that accepts every confirm() dialog.
+
+    Every request of its pages, CSP refusal and script error is recorded (see
+    :func:`only_the_control_plane`).
+    """
     context = await browser.new_context(
         base_url=api.url, viewport={"width": 1360, "height": 900}, accept_downloads=True
     )
     await context.grant_permissions(["clipboard-read", "clipboard-write"], origin=api.url)
+    context.on("request", lambda request: REQUESTS.append(request.url))
     page = await context.new_page()
     page.on("dialog", lambda dialog: dialog.accept())
+    page.on("console", lambda message: _console(message.text))
+    page.on("pageerror", lambda error: PAGE_ERRORS.append(str(error)))
     return context, page
 
 

@@ -9,6 +9,7 @@ import csv
 import io
 import json
 import re
+from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
@@ -16,6 +17,7 @@ from playwright.async_api import Browser, Page, expect
 from sqlalchemy import func, select
 
 from entryguard.control.db.models import AuditEvent, Grant, Resource, StaticRule
+from entryguard.control.services.apikeys import create_edge_token
 from tests.browser.conftest import downloaded_text, field_error, new_page, shot, sign_in
 from tests.integration.conftest import Api
 
@@ -23,6 +25,7 @@ pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 DEV = "dev@example.com"
 DEV_PW = "dev-password-1"
+OPS = "ops@example.com"
 
 
 async def count(api: Api, model: type) -> int:
@@ -60,6 +63,33 @@ async def heartbeat(api: Api, key: str) -> None:
     async with httpx.AsyncClient(base_url=f"{api.url}/api/v1") as c:
         r = await c.post("/agent/heartbeat", headers={"Authorization": f"Bearer {key}"}, json=info)
         assert r.status_code == 200, r.text
+
+
+def shown_time(text: str) -> datetime:
+    """A time as the dashboard prints it: ``2026-11-22 21:04:05 UTC``."""
+    return datetime.strptime(text, "%Y-%m-%d %H:%M:%S UTC").replace(tzinfo=UTC)
+
+
+def api_time(value: str) -> datetime:
+    return datetime.fromisoformat(value).replace(microsecond=0)
+
+
+async def check_agents(admin: Page, api: Api) -> None:
+    """The connected agent: its status, last heartbeat, version, host and target."""
+    await nav(admin, "Agents")
+    [agent] = (await api.ok("GET", "/admin/agents"))["items"]
+    cells = admin.locator('tr[data-agent="prod-agent"] td')
+    await expect(cells).to_have_count(7)
+    await expect(cells.nth(1)).to_contain_text("Connected")
+    await expect(cells.nth(1)).to_contain_text("tunnel up")
+    heartbeat = await cells.nth(2).inner_text()
+    assert shown_time(heartbeat) == api_time(agent["last_heartbeat"])
+    assert abs(datetime.now(UTC) - shown_time(heartbeat)) < timedelta(seconds=60)
+    await expect(cells.nth(3)).to_have_text("0.1.0")
+    await expect(cells.nth(4)).to_contain_text("db-gateway")
+    await expect(cells.nth(5)).to_have_text("10.0.1.50:5432")
+    await expect(cells.nth(6)).to_have_text("production-db")
+    await shot(admin, "05-agents")
 
 
 async def add_tunnel_resource(page: Page, api: Api) -> str:
@@ -185,11 +215,7 @@ async def test_admin_sets_up_a_tunnel_and_a_user_starts_a_session(
     await heartbeat(api, await create_agent_key(admin))
     await shot(admin, "02-apikeys-created")
     connection = await add_tunnel_resource(admin, api)
-    await nav(admin, "Agents")
-    agent_row = admin.locator('tr[data-agent="prod-agent"]')
-    await expect(agent_row).to_contain_text("Connected")
-    await expect(agent_row).to_contain_text("10.0.1.50:5432")
-    await shot(admin, "05-agents")
+    await check_agents(admin, api)
     await create_user_and_role(admin)
 
     user_ctx, user = await new_page(browser, api)
@@ -382,4 +408,108 @@ async def test_admin_adds_a_script_resource_and_revokes_access(api: Api, browser
     await nav(page, "API keys")
     await page.locator('tr[data-key="prod-agent"]').get_by_role("button", name="Revoke").click()
     await expect(page.locator('tr[data-key="prod-agent"]')).to_contain_text("Revoked")
+    await ctx.close()
+
+
+async def edge_grants(api: Api, token: str) -> set[tuple[str, str]]:
+    """(tunnel, CIDR) of every grant in the edge snapshot: what the edges enforce."""
+    async with httpx.AsyncClient(
+        base_url=f"{api.url}/api/v1/edge", headers={"Authorization": f"Bearer {token}"}
+    ) as c:
+        r = await c.get("/snapshot")
+        assert r.status_code == 200, r.text
+    snap = r.json()
+    names = {t["id"]: t["name"] for t in snap["tunnels"]}
+    return {(names[g["resource_id"]], g["cidr"]) for g in snap["grants"]}
+
+
+async def my_resources(api: Api, token: str) -> list[str]:
+    return [r["name"] for r in (await api.ok("GET", "/sessions/current", token))["resources"]]
+
+
+async def test_role_edits_cut_live_sessions_and_the_sessions_page_shows_each(
+    api: Api, browser: Browser
+) -> None:
+    await staging_db(api)
+    cache = {"name": "cache", "type": "tunnel", "agent": "prod-agent"}
+    await api.ok(
+        "POST", "/admin/resources", json={**cache, "target_host": "10.0.1.70", "target_port": 6379}
+    )
+    await api.ok("POST", "/admin/roles", json={"name": "oncall"})
+    for resource in ("staging-db", "cache"):
+        await api.ok("POST", "/admin/roles/oncall/resources", json={"resource": resource})
+    dev = await api.make_user(DEV, DEV_PW)
+    ops = await api.make_user(OPS)
+    for email in (DEV, OPS):
+        await api.ok("POST", "/admin/roles/oncall/users", json={"email": email})
+    mine = await api.ok("POST", "/sessions", dev, json={"duration": "1h"}, source="127.0.0.2")
+    theirs = await api.ok("POST", "/sessions", ops, json={"duration": "30m"}, source="127.0.0.3")
+    async with api.db.write() as s:
+        edge = await create_edge_token(s, "test-edge")
+    both = {"127.0.0.2/32", "127.0.0.3/32"}
+    assert await edge_grants(api, edge) == {(r, ip) for r in ("staging-db", "cache") for ip in both}
+
+    ctx, page = await new_page(browser, api)
+    await sign_in(page)
+
+    # Sessions: each active session with its user, IP and expiry.
+    await nav(page, "Sessions")
+    await expect(page.get_by_test_id("active-sessions").locator("tbody tr")).to_have_count(2)
+    for out, email, ip, left in (
+        (mine, DEV, "127.0.0.2", r"^(59m \d+s|1h 0m 0s)$"),
+        (theirs, OPS, "127.0.0.3", r"^(29m \d+s|30m 0s)$"),
+    ):
+        sess = out["session"]
+        cells = page.locator(f'tr[data-session="{sess["id"]}"] td')
+        await expect(cells.nth(0)).to_contain_text(email)
+        await expect(cells.nth(1)).to_have_text(ip)
+        assert shown_time(await cells.nth(3).inner_text()) == api_time(sess["expires_at"])
+        await expect(cells.nth(4)).to_have_text(re.compile(left))
+    await shot(page, "17-sessions-two-users")
+
+    # The role page: remove a resource; both live sessions lose it at once, keep the other.
+    await nav(page, "Roles")
+    await page.locator('tr[data-role="oncall"]').get_by_role("link", name="oncall").click()
+    await expect(page.get_by_role("heading", name="Role oncall")).to_be_visible()
+    members = page.get_by_test_id("role-resources").locator("li .strong")
+    await expect(members).to_have_text(["cache", "staging-db"])
+    await (
+        page.get_by_test_id("role-resources")
+        .locator("li", has_text="cache")
+        .get_by_role("button", name="Remove")
+        .click()
+    )  # confirm() is accepted
+    await expect(page.locator(".flash")).to_contain_text("cache removed from oncall.")
+    await expect(members).to_have_text(["staging-db"])
+    await expect(
+        page.get_by_label("Add a resource").locator("option", has_text="cache")
+    ).to_have_count(1)
+    assert await edge_grants(api, edge) == {("staging-db", ip) for ip in both}
+    assert await my_resources(api, dev) == await my_resources(api, ops) == ["staging-db"]
+
+    # Remove a user: their live session's grant is gone; the other user's stays.
+    users = page.get_by_test_id("role-users").locator("li .strong")
+    await expect(users).to_have_text([DEV, OPS])
+    await (
+        page.get_by_test_id("role-users")
+        .locator("li", has_text=DEV)
+        .get_by_role("button", name="Remove")
+        .click()
+    )
+    await expect(page.locator(".flash")).to_contain_text(f"{DEV} removed from oncall.")
+    await expect(users).to_have_text([OPS])
+    await shot(page, "18-role-edit-removed")
+    assert await edge_grants(api, edge) == {("staging-db", "127.0.0.3/32")}
+    assert await my_resources(api, dev) == []
+    await nav(page, "Roles")
+    role = page.locator('tr[data-role="oncall"]')
+    await expect(role.locator("td").nth(2)).to_have_text("staging-db")
+    await expect(role.locator("td").nth(3)).to_have_text(OPS)
+
+    # Every page of the menu, for the request check (only_the_control_plane).
+    for item in (
+        await page.get_by_role("navigation", name="Main").get_by_role("link").all_inner_texts()
+    ):
+        await nav(page, item.strip())
+        await expect(page.get_by_role("heading", level=1)).to_have_text(item.strip())
     await ctx.close()
