@@ -1,4 +1,4 @@
-"""`entryguard up` as a user runs it: first start, restart, edge tokens."""
+"""`entryguard up` as a user runs it: first start, edge tokens (restarts: test_restart.py)."""
 
 from __future__ import annotations
 
@@ -74,63 +74,6 @@ def test_first_start_prints_admin_and_next_steps(tmp_path: Path) -> None:
     assert out.returncode == 1
     assert "password" not in out.stdout
     assert f"cannot listen on 127.0.0.1:{taken}" in out.stderr and "Traceback" not in out.stderr
-
-
-def test_restart_keeps_ports_and_sessions(tmp_path: Path) -> None:
-    cp = make_control_plane(tmp_path, None)
-    cp.start()
-    try:
-        tok = cp.login_token()
-        h = {"Authorization": f"Bearer {tok}"}
-        api = f"{cp.url}/api/v1"
-        httpx.post(
-            f"{api}/admin/apikeys", json={"name": "a", "scopes": ["agent:connect"]}, headers=h
-        ).raise_for_status()
-        ports = []
-        for name in ("db", "cache"):
-            r = httpx.post(
-                f"{api}/admin/resources",
-                headers=h,
-                json={
-                    "name": name,
-                    "type": "tunnel",
-                    "agent": "a",
-                    "target_host": "10.0.0.1",
-                    "target_port": 5432,
-                },
-            )
-            ports.append(r.json()["resource"]["port"])
-        httpx.post(f"{api}/admin/roles", headers=h, json={"name": "r"}).raise_for_status()
-        httpx.post(
-            f"{api}/admin/roles/r/resources", headers=h, json={"resource": "db"}
-        ).raise_for_status()
-        httpx.post(
-            f"{api}/admin/roles/r/users", headers=h, json={"email": cp.admin_email}
-        ).raise_for_status()
-        sess = httpx.post(f"{api}/sessions", headers=h, json={"duration": "1h"}).json()["session"]
-        cp.restart()
-        after = {
-            r["name"]: r["port"]
-            for r in httpx.get(f"{api}/admin/resources", headers=h).json()["items"]
-        }
-        assert after == {"db": ports[0], "cache": ports[1]}
-        cur = httpx.get(f"{api}/sessions/current", headers=h).json()["session"]
-        assert cur["id"] == sess["id"] and cur["active"]
-        # A new tunnel after the restart does not take an old one's port.
-        r = httpx.post(
-            f"{api}/admin/resources",
-            headers=h,
-            json={
-                "name": "api",
-                "type": "tunnel",
-                "agent": "a",
-                "target_host": "10.0.0.2",
-                "target_port": 80,
-            },
-        )
-        assert r.json()["resource"]["port"] not in ports
-    finally:
-        cp.stop()
 
 
 def test_edge_token_create_prints_a_usable_token(tmp_path: Path) -> None:

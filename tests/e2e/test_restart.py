@@ -1,10 +1,11 @@
-"""`entryguard up --database-url postgresql://…`: a restart keeps tunnel ports, sessions and
-their grants (the PostgreSQL twin of test_up.py::test_restart_keeps_ports_and_sessions)."""
+"""A restart of `entryguard up` keeps tunnel ports, sessions and their grants, on SQLite in
+the data dir and on PostgreSQL (`--database-url postgresql://…`)."""
 
 from __future__ import annotations
 
 import asyncio
 import socket
+import sqlite3
 import subprocess
 import time
 from collections.abc import Iterator
@@ -17,11 +18,13 @@ import pytest
 
 from tests.conftest import BIN, make_control_plane, pg_create_database, pg_drop_database
 
-pytestmark = pytest.mark.pg
 
-
-@pytest.fixture
-def pg_url() -> Iterator[str]:
+@pytest.fixture(params=["sqlite", pytest.param("pg", marks=pytest.mark.pg)])
+def pg_url(request: pytest.FixtureRequest) -> Iterator[str | None]:
+    """None: SQLite in the data dir; else a scratch PostgreSQL database."""
+    if request.param == "sqlite":
+        yield None
+        return
     url = pg_create_database()
     try:
         yield url
@@ -29,7 +32,15 @@ def pg_url() -> Iterator[str]:
         pg_drop_database(url)
 
 
-def pg_rows(url: str, query: str) -> list[dict[str, Any]]:
+def db_rows(url: str | None, data_dir: Path, query: str) -> list[dict[str, Any]]:
+    if url is None:
+        conn = sqlite3.connect(data_dir / "entryguard.db")
+        conn.row_factory = sqlite3.Row
+        try:
+            return [dict(r) for r in conn.execute(query)]
+        finally:
+            conn.close()
+
     async def run() -> list[dict[str, Any]]:
         conn = await asyncpg.connect(url)
         try:
@@ -63,7 +74,7 @@ def listening(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
-def test_restart_on_postgres_keeps_ports_sessions_and_grants(tmp_path: Path, pg_url: str) -> None:
+def test_restart_keeps_ports_sessions_and_grants(tmp_path: Path, pg_url: str | None) -> None:
     cp = make_control_plane(tmp_path, pg_url)
     cp.start()
     try:
@@ -100,13 +111,13 @@ def test_restart_on_postgres_keeps_ports_sessions_and_grants(tmp_path: Path, pg_
         r = httpx.post(f"{api}/sessions", headers=h, json={"duration": "1h"})
         r.raise_for_status()
         sess = r.json()["session"]
-        # It really runs on PostgreSQL: the rows are there, and no SQLite file was made.
-        assert not (cp.data_dir / "entryguard.db").exists()
-        in_pg = pg_rows(pg_url, "SELECT name, port FROM resources ORDER BY id")
+        # It runs on the database asked for: the rows are there (and with PostgreSQL, no
+        # SQLite file was made).
+        assert (cp.data_dir / "entryguard.db").exists() == (pg_url is None)
+        in_pg = db_rows(pg_url, cp.data_dir, "SELECT name, port FROM resources ORDER BY id")
         assert [(x["name"], x["port"]) for x in in_pg] == [("db", ports[0]), ("cache", ports[1])]
-        grants_before = pg_rows(
-            pg_url, "SELECT id, resource_id, cidr, source, source_id FROM grants ORDER BY id"
-        )
+        grants_query = "SELECT id, resource_id, cidr, source, source_id FROM grants ORDER BY id"
+        grants_before = db_rows(pg_url, cp.data_dir, grants_query)
         assert len(grants_before) == 2
 
         cp.restart()
@@ -121,12 +132,7 @@ def test_restart_on_postgres_keeps_ports_sessions_and_grants(tmp_path: Path, pg_
         assert cur["session"]["id"] == sess["id"] and cur["session"]["active"]
         assert cur["session"]["expires_at"] == sess["expires_at"]
         assert sorted(x["name"] for x in cur["resources"]) == ["cache", "db"]
-        assert (
-            pg_rows(
-                pg_url, "SELECT id, resource_id, cidr, source, source_id FROM grants ORDER BY id"
-            )
-            == grants_before
-        )
+        assert db_rows(pg_url, cp.data_dir, grants_query) == grants_before
         active = httpx.get(f"{api}/admin/sessions", headers=h, params={"active": "true"}).json()
         assert [x["id"] for x in active["items"]] == [sess["id"]]
 
@@ -134,7 +140,8 @@ def test_restart_on_postgres_keeps_ports_sessions_and_grants(tmp_path: Path, pg_
         assert wait_for(lambda: edge_health(cp.edge_url)["tunnels"] == 2, 10), cp.log()[-2000:]
         assert wait_for(lambda: all(listening(p) for p in ports), 10), ports
         out = subprocess.run(
-            [str(BIN / "entryguard"), "edge-token", "create", "--database-url", pg_url],
+            [str(BIN / "entryguard"), "edge-token", "create"]
+            + (["--database-url", pg_url] if pg_url else ["--data-dir", str(cp.data_dir)]),
             capture_output=True,
             text=True,
             timeout=30,
