@@ -192,3 +192,33 @@ async def test_an_escaped_process_holding_the_output_does_not_hang_the_run(
             os.kill(int(pid_file.read_text()), signal.SIGKILL)
     assert out.ok and out.duration_ms < 2500
     assert out.output.startswith("done\n") and "kept its output open" in out.output
+
+
+def test_windows_runs_ps1_scripts_through_powershell(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On Windows the agent looks for apply.ps1/revoke.ps1 and runs them with
+    `powershell -NoProfile -NonInteractive -File`, the CIDR and description as separate
+    arguments (still an argument list, never a command line to parse)."""
+    import entryguard.agent.scripts as scripts
+
+    monkeypatch.setattr(scripts, "WINDOWS", True)
+    d = tmp_path / "allowed" / "fw"
+    d.mkdir(parents=True)
+    for action in ("apply", "revoke"):
+        (d / f"{action}.ps1").write_text("param([string]$Cidr, [string]$Description)\n")
+    assert scripts.script_name("apply") == "apply.ps1"
+    real = resolve_script(command(d, action="revoke"), [str(tmp_path / "allowed")])
+    assert real == d / "revoke.ps1"
+    assert script_argv(real, "10.0.0.0/8", "x; $(y)") == [
+        "powershell",
+        "-NoProfile",
+        "-NonInteractive",
+        "-File",
+        str(d / "revoke.ps1"),
+        "10.0.0.0/8",
+        "x; $(y)",
+    ]
+    (d / "apply.ps1").unlink()
+    with pytest.raises(CommandRefused, match=r"no script .*apply\.ps1"):
+        resolve_script(command(d), [str(tmp_path / "allowed")])
