@@ -8,6 +8,7 @@ import ipaddress
 import json
 import logging
 import os
+import socket
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -82,7 +83,14 @@ def db_error(exc: BaseException) -> str:
     """The driver's own message (``database "x" does not exist``), without SQLAlchemy's
     wrapping and its "Background on this error" line."""
     orig = getattr(exc, "orig", None)
-    return one_line(str(orig if orig is not None else exc))
+    err = orig if orig is not None else exc
+    if isinstance(err, ConnectionRefusedError | socket.gaierror | TimeoutError):
+        # The bare errno text ("Connect call failed ('127.0.0.1', 5432)") names no cause.
+        return one_line(
+            f"cannot reach the database server ({err}): is it running, "
+            "and is the host and port in --database-url right?"
+        )
+    return one_line(str(err))
 
 
 def parse_listen(text: str, default_port: int) -> tuple[str, int]:
@@ -263,7 +271,8 @@ def _run_control(
         )
     except KeyboardInterrupt:
         pass
-    except SQLAlchemyError as exc:
+    except (SQLAlchemyError, ConnectionRefusedError, socket.gaierror) as exc:
+        # asyncpg raises the socket's own error when the server is not there.
         fail(f"cannot use the database: {db_error(exc)}")
     except OSError as exc:
         fail(str(exc))
