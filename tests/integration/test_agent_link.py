@@ -286,6 +286,10 @@ async def _relay_sockets_have_nodelay(tmp_path: Path) -> tuple[int, int]:
             assert await asyncio.wait_for(r.readexactly(4), 5) == b"ping"
             (at_edge,) = edge.conns[res["resource"]["id"]]
             (at_agent,) = client.streams
+            # Both ends of the link split frames themselves once it is open (wsframes).
+            assert client.link is not None
+            for link in (*edge.links.values(), client.link):
+                assert getattr(link.ws, "_splitter", None) is not None
             flags = []
             for stream in (at_edge, at_agent):
                 assert stream.transport is not None
@@ -305,7 +309,8 @@ async def _relay_sockets_have_nodelay(tmp_path: Path) -> tuple[int, int]:
 @pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
 def test_relayed_sockets_have_nodelay_on_both_sides(tmp_path: Path, loop: str) -> None:
     """The relay relies on the event loop to set TCP_NODELAY (both asyncio and uvloop do
-    for every TCP transport); a small write must never wait for Nagle."""
+    for every TCP transport); a small write must never wait for Nagle. And the link's
+    fast frame path is in use on both ends."""
     if loop == "uvloop":
         uvloop = pytest.importorskip("uvloop")
         flags = uvloop.run(_relay_sockets_have_nodelay(tmp_path))

@@ -29,7 +29,8 @@ from websockets.asyncio.connection import Connection
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 from websockets.frames import Frame, Opcode
-from websockets.protocol import State
+from websockets.protocol import Side, State
+from websockets.streams import StreamReader
 
 from entryguard.mux import (
     ConnectionTerminated,
@@ -45,8 +46,11 @@ from entryguard.mux import (
     StreamReset,
     WindowUpdated,
 )
+from entryguard.relay.wsframes import FrameSplitter, MaskKeys, binary_frames
 
 log = logging.getLogger("entryguard.relay")
+
+MAX_MESSAGE = 2 * 1024 * 1024  # both ends' max_size; a mux frame is at most 256 KiB + header
 
 
 class StreamHandler(Protocol):
@@ -60,9 +64,56 @@ class StreamHandler(Protocol):
 class FastDelivery:
     """Mixin for websockets' asyncio connections: whole binary messages go to ``on_binary``
     synchronously. Anything else (text, fragments) is a peer bug on this link: the link
-    is closed with 1003 rather than left to the library's queue, which nothing reads."""
+    is closed with 1003 rather than left to the library's queue, which nothing reads.
+
+    Once the link is open and the library's parser waits at a frame boundary, a
+    ``FrameSplitter`` takes the socket's bytes first: binary frames skip the library's
+    parser altogether, every other frame is handed to it whole (see ``wsframes``).
+    """
 
     on_binary: Callable[[Any], None] | None = None
+    _splitter: FrameSplitter | None = None
+
+    def data_received(self, data: bytes) -> None:
+        if self._splitter is not None:
+            self._splitter.feed(data)
+            return
+        super().data_received(data)  # type: ignore[misc]
+        if self.on_binary is not None:
+            self.take_over()
+
+    def take_over(self) -> None:
+        """Start splitting frames here if the library is exactly between two frames."""
+        ws: Any = self
+        protocol = ws.protocol
+        if self._splitter is not None or self.on_binary is None:
+            return
+        if protocol.state is not State.OPEN or protocol.reader.buffer or protocol.reader.eof:
+            return
+        # Between frames, with nothing buffered, the parser waits in reader.at_eof() at
+        # the top of its loop (under the client's or server's handshake parser, which
+        # delegates to it); anywhere else (mid-frame) the library must go on.
+        gen = protocol.parser
+        for _ in range(4):
+            inner = getattr(gen, "gi_yieldfrom", None)
+            if inner is None:
+                break
+            gen = inner
+        if getattr(gen, "gi_code", None) is not StreamReader.at_eof.__code__:
+            return
+        self._splitter = FrameSplitter(
+            masked=protocol.side is Side.SERVER,
+            max_size=protocol.max_message_size or MAX_MESSAGE,
+            on_binary=self.on_binary,
+            on_other=self._library_frames,
+        )
+
+    def _library_frames(self, data: bytes) -> None:
+        super().data_received(data)  # type: ignore[misc]
+        splitter = self._splitter
+        ws: Any = self
+        if splitter is not None and ws.protocol.state is not State.OPEN:
+            splitter.passthrough = True  # closing: the rest is the library's
 
     def process_event(self, event: Any) -> None:
         if self.on_binary is not None and isinstance(event, Frame):
@@ -72,6 +123,8 @@ class FastDelivery:
             if event.opcode in (Opcode.TEXT, Opcode.BINARY, Opcode.CONT):
                 log.warning("tunnel link: text or fragmented message: closing the link")
                 ws: Any = self
+                if self._splitter is not None:
+                    self._splitter.passthrough = True
                 asyncio.get_running_loop().create_task(
                     ws.close(1003, "binary single-frame messages only")
                 )
@@ -109,6 +162,8 @@ class MuxLink:
         self.bytes_in = 0
         self.bytes_out = 0
         self.protocol_errors = 0
+        # RFC 6455 §5.3: a client masks every frame it sends, a server none.
+        self._mask_keys = MaskKeys() if ws.protocol.side is Side.CLIENT else None
 
     # --- used by streams ------------------------------------------------------
 
@@ -121,15 +176,18 @@ class MuxLink:
             return
         self._flushing = True
         try:
-            mux, protocol = self.mux, ws.protocol
+            mux, protocol, transport = self.mux, ws.protocol, ws.transport
             while True:
                 out = mux.messages_to_send()
                 if not out:
                     return
+                if protocol.writes:  # the library's own frames (a pong) go first
+                    ws.send_data()
                 for msg in out:
                     self.bytes_out += len(msg)
-                    protocol.send_binary(msg)
-                ws.send_data()
+                # Framed here rather than by protocol.send_binary(): the same bytes,
+                # without a Frame object and a copy per message (see wsframes).
+                transport.writelines(binary_frames(out, self._mask_keys))
                 if getattr(ws, "paused", False):  # over the write limit: wait for drain
                     self._blocked = True
                     self._wake.set()
@@ -160,6 +218,13 @@ class MuxLink:
         try:
             if isinstance(self.ws, FastDelivery):
                 self.ws.on_binary = self._on_message
+                # Messages that came with the handshake's last read sit in the library's
+                # queue: deliver them first, in order.
+                queued = self.ws.recv_messages.frames.queue
+                while queued:
+                    frame = queued.popleft()
+                    self.ws.process_event(frame)
+                self.ws.take_over()
                 await self.ws.wait_closed()
             else:
                 async for message in self.ws:
