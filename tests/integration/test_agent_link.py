@@ -317,3 +317,51 @@ def test_relayed_sockets_have_nodelay_on_both_sides(tmp_path: Path, loop: str) -
     else:
         flags = asyncio.run(_relay_sockets_have_nodelay(tmp_path))
     assert flags[0] and flags[1]
+
+
+async def test_a_dial_that_gets_no_answer_times_out_and_an_outside_cancel_still_cancels(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A target whose accept queue is full drops the SYN: the agent's dial gives up after
+    DIAL_TIMEOUT and resets the stream as unreachable."""
+    import socket
+
+    import entryguard.agent.tunnel as tunnel
+    from entryguard.agent.control_client import TunnelTarget
+
+    monkeypatch.setattr(tunnel, "DIAL_TIMEOUT", 0.5)
+
+    class Stream(asyncio.Protocol):
+        closed = False
+        aborted: tuple[ResetCode, str] | None = None
+
+        def abort(self, code: ResetCode, text: str) -> None:
+            self.aborted, self.closed = (code, text), True
+
+    with contextlib.ExitStack() as stack:
+        lst = stack.enter_context(socket.socket())
+        lst.bind(("127.0.0.1", 0))
+        lst.listen(0)
+        port = lst.getsockname()[1]
+        for _ in range(3):  # fill the accept queue; nothing accepts
+            s = stack.enter_context(socket.socket())
+            s.setblocking(False)
+            with contextlib.suppress(BlockingIOError):
+                s.connect(("127.0.0.1", port))
+        await asyncio.sleep(0.1)
+        client = object.__new__(tunnel.TunnelClient)
+        client.allowed = None
+        target = TunnelTarget(1, "db", "127.0.0.1", port)
+        stream = Stream()
+        t0 = time.monotonic()
+        await client._dial(stream, target)  # type: ignore[arg-type]
+        assert 0.4 < time.monotonic() - t0 < 3
+        assert stream.aborted is not None and stream.aborted[0] == ResetCode.UNREACHABLE
+        assert "no answer within 0.5 s" in stream.aborted[1]
+        other = Stream()
+        task = asyncio.create_task(client._dial(other, target))  # type: ignore[arg-type]
+        await asyncio.sleep(0.1)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert other.aborted is None
