@@ -365,3 +365,34 @@ async def test_a_dial_that_gets_no_answer_times_out_and_an_outside_cancel_still_
         with pytest.raises(asyncio.CancelledError):
             await task
         assert other.aborted is None
+
+
+async def test_link_pings_pass_and_text_or_fragmented_messages_close_it(
+    edge_env: tuple[Api, Edge, int],
+) -> None:
+    """Through the edge's own frame splitting: a ping is answered by the library, a
+    CONTROL frame is understood, and a text or fragmented message closes the link with
+    1003 (the link carries single-frame binary messages only)."""
+    api, edge, port = edge_env
+    key = await api.agent_key("prod-agent")
+    await asyncio.sleep(0.5)  # the edge learns of the key
+    url = f"ws://127.0.0.1:{port}/agent/connect"
+    headers = {"Authorization": f"Bearer {key}"}
+    hello = F.encode_control({"type": "hello", "version": 1, "window": 65536})
+    for bad in ("text", [b"frag", b"mented"]):
+        async with websockets.connect(url, additional_headers=headers, compression=None) as ws:
+            first = F.parse_frame(await asyncio.wait_for(ws.recv(), 5))
+            assert F.parse_control(first)["type"] == "hello"
+            await ws.send(hello)
+            for _ in range(3):  # the library's ping/pong works after the take-over
+                await asyncio.wait_for(await ws.ping(), 5)
+            for _ in range(50):  # the hello reached the mux: the peer's window is known
+                links = list(edge.links.values())
+                if links and links[0].mux.peer_window == 65536:
+                    break
+                await asyncio.sleep(0.02)
+            assert links and links[0].mux.peer_window == 65536
+            await ws.send(bad)
+            with pytest.raises(websockets.ConnectionClosed) as closed:
+                await asyncio.wait_for(ws.recv(), 5)
+            assert closed.value.rcvd is not None and closed.value.rcvd.code == 1003
