@@ -183,8 +183,7 @@ class MuxLink:
                     return
                 if protocol.writes:  # the library's own frames (a pong) go first
                     ws.send_data()
-                for msg in out:
-                    self.bytes_out += len(msg)
+                self.bytes_out += sum(map(len, out))
                 # Framed here rather than by protocol.send_binary(): the same bytes,
                 # without a Frame object and a copy per message (see wsframes).
                 transport.writelines(binary_frames(out, self._mask_keys))

@@ -157,9 +157,9 @@ class MaskKeys:
 def binary_frames(messages: list[bytes], keys: MaskKeys | None) -> list[bytes | memoryview]:
     """Buffers to write, in order, for these binary messages (masked when ``keys``)."""
     out: list[bytes | memoryview] = []
+    mask_bit = _MASK_BIT if keys is not None else 0
     for msg in messages:
         n = len(msg)
-        mask_bit = _MASK_BIT if keys is not None else 0
         if n < 126:
             head = bytes((_BINARY_FIN, mask_bit | n))
         elif n < 65536:
