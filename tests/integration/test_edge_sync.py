@@ -120,3 +120,20 @@ async def test_bad_since_is_422(api: Api, bad: str) -> None:
     async with edge_client(api, token) as c:
         r = await c.get("/changes", params={"since": bad})
     assert r.status_code == 422 and "error" in r.json()
+
+
+async def test_a_transaction_is_one_batch_and_never_split_by_the_limit(api: Api) -> None:
+    for name in ("db-a", "db-b", "db-c"):
+        await setup_tunnel(api, name)
+    tok = await api.make_user("batch@example.com")
+    await api.ok("POST", "/admin/roles/developers/users", json={"email": "batch@example.com"})
+    token = await edge_token(api)
+    async with edge_client(api, token) as c:
+        rev = (await c.get("/snapshot")).json()["revision"]
+        # One session start writes three grants in one transaction.
+        await api.ok("POST", "/sessions", tok, json={"duration": "1h"}, source="127.0.0.2")
+        r = (await c.get("/changes", params={"since": rev, "wait": 0, "limit": 1})).json()
+    rows = r["changes"]
+    assert [ch["op"] for ch in rows] == ["grant.add"] * 3, "limit=1 split the batch"
+    assert {ch["batch"] for ch in rows} == {rows[0]["revision"]}
+    assert r["revision"] == rows[-1]["revision"]

@@ -12,12 +12,27 @@ import random
 import ssl
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import httpx
 
 from entryguard.edge.state import EdgeState
 
 log = logging.getLogger("entryguard.edge.sync")
+
+
+def batches(changes: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """Consecutive rows grouped by the transaction that wrote them (``batch``; a row
+    without one is a batch of its own)."""
+    out: list[list[dict[str, Any]]] = []
+    last: object = object()
+    for ch in changes:
+        key = ch.get("batch", ch["revision"])
+        if not out or key != last:
+            out.append([])
+        out[-1].append(ch)
+        last = key
+    return out
 
 
 class ControlPlaneFollower:
@@ -99,8 +114,8 @@ class ControlPlaneFollower:
                     need_snapshot = True
                     continue
                 self._raise_for(r)
-                for ch in r.json()["changes"]:
-                    self.state.apply(ch)
+                for batch in batches(r.json()["changes"]):
+                    self.state.apply_batch(batch)
                 if self.after_apply is not None:
                     await self.after_apply()
                 self._mark_ok()

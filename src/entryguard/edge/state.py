@@ -96,19 +96,42 @@ class EdgeState:
                 self.on_grant_removed(t)  # grants may have shrunk while we were away
 
     def apply(self, change: dict[str, Any]) -> bool:
-        """Apply one change-log row; False when it was already applied."""
-        rev = int(change["revision"])
-        if rev <= self.revision:
-            return False
-        op, data = change["op"], change["data"]
+        """Apply one change-log row as a batch of its own; False when already applied."""
+        return self.apply_batch([change]) > 0
+
+    def apply_batch(self, changes: list[dict[str, Any]]) -> int:
+        """Apply the rows of one committed transaction together; returns how many were new.
+
+        Connections are judged only once the whole batch is in: a grant removed and
+        re-added, or moved to a new session, in one transaction cuts nobody
+        (docs/sync.md, "Batches").
+        """
+        touched: set[int] = set()  # tunnels whose grants changed
+        applied = 0
+        for change in changes:
+            rev = int(change["revision"])
+            if rev <= self.revision:
+                continue
+            self._apply_one(change["op"], change["data"], touched)
+            self.revision = rev
+            applied += 1
+        for tid in sorted(touched):
+            tun = self.tunnels.get(tid)
+            if tun is not None:
+                self.on_grant_removed(tun)
+        return applied
+
+    def _apply_one(self, op: str, data: dict[str, Any], touched: set[int]) -> None:
         if op == "grant.add":
-            self._grant_add(data)
+            tid = self._grant_add(data)
+            if tid is not None:
+                touched.add(tid)  # an upsert may shorten an expiry
         elif op == "grant.remove":
             tid = self._grant_tunnel.pop(data["id"], None)
             tun = self.tunnels.get(tid) if tid is not None else None
             if tun is not None:
                 tun.allow.remove(str(data["id"]))
-                self.on_grant_removed(tun)
+                touched.add(tun.id)
         elif op == "tunnel.upsert":
             self._tunnel_upsert(data)
         elif op == "tunnel.remove":
@@ -124,8 +147,6 @@ class EdgeState:
         elif op == "agent.remove":
             if self.agents.pop(data["key_id"], None) is not None:
                 self.on_agent_removed(data["key_id"])
-        self.revision = rev
-        return True
 
     def _agent_upsert(self, a: dict[str, Any]) -> None:
         self.agents[a["key_id"]] = AgentCredential(
@@ -148,11 +169,13 @@ class EdgeState:
         self.on_tunnel_added(tun)
         self.on_tunnels_changed(tun.agent_key_id)
 
-    def _grant_add(self, g: dict[str, Any]) -> None:
+    def _grant_add(self, g: dict[str, Any]) -> int | None:
+        """Add or replace (by id) a grant; returns its tunnel id, None for script resources."""
         tun = self.tunnels.get(g["resource_id"])
         if tun is None:
-            return  # a script resource's grant: not the edge's business
+            return None  # a script resource's grant: not the edge's business
         tun.allow.add(
             Entry(str(g["id"]), parse_cidr(g["cidr"], allow_any=True), _ts(g.get("expires_at")))
         )
         self._grant_tunnel[g["id"]] = tun.id
+        return tun.id

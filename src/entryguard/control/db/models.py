@@ -287,3 +287,5 @@ class Change(Base):
     op: Mapped[str] = mapped_column(String(32))
     data: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # The revision of the first row its transaction wrote: edges apply a batch whole.
+    batch: Mapped[int | None] = mapped_column(BigInteger, nullable=True)

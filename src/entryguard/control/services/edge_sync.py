@@ -81,12 +81,32 @@ async def changes_since(s: AsyncSession, since: int, limit: int) -> list[dict[st
             f"revision {since} is no longer available: fetch /edge/snapshot again",
             code="revision_gone",
         )
-    rows = (
-        await s.execute(
-            select(Change).where(Change.revision > since).order_by(Change.revision).limit(limit)
-        )
-    ).scalars()
-    return [{"revision": c.revision, "op": c.op, "data": json.loads(c.data)} for c in rows]
+    rows = list(
+        (
+            await s.execute(
+                select(Change).where(Change.revision > since).order_by(Change.revision).limit(limit)
+            )
+        ).scalars()
+    )
+    if len(rows) == limit and rows[-1].batch is not None:
+        # Never split a batch across answers: finish the last one past the limit.
+        rows += (
+            await s.execute(
+                select(Change)
+                .where(Change.batch == rows[-1].batch, Change.revision > rows[-1].revision)
+                .order_by(Change.revision)
+            )
+        ).scalars()
+    return [change_row(c) for c in rows]
+
+
+def change_row(c: Change) -> dict[str, Any]:
+    return {
+        "revision": c.revision,
+        "batch": c.batch if c.batch is not None else c.revision,
+        "op": c.op,
+        "data": json.loads(c.data),
+    }
 
 
 class ChangeNotifier:

@@ -140,6 +140,31 @@ def session_description(session: Session, user: User) -> str:
     return f"session {session.id} {user.email}"
 
 
+async def move_session_grants(s: AsyncSession, old: Session, new: Session) -> int:
+    """Hand the grants of ``old`` to ``new`` (same IP) with ``new``'s expiry.
+
+    The grant ids stay, so the edge upserts them in place and nothing is cut; script
+    resources get no command because the CIDR's coverage does not change.
+    """
+    grants = (
+        (
+            await s.execute(
+                select(Grant)
+                .where(Grant.source == "session", Grant.source_id == old.id)
+                .order_by(Grant.id)
+            )
+        )
+        .scalars()
+        .all()
+    )
+    for g in grants:
+        g.source_id = new.id
+        g.expires_at = new.expires_at
+        await s.flush()
+        await log_change(s, "grant.add", grant_data(g))
+    return len(grants)
+
+
 async def reconcile_session(
     s: AsyncSession, session: Session, user: User, reason: str
 ) -> tuple[int, int]:

@@ -117,9 +117,16 @@ async def verify_chain(s: AsyncSession, batch: int = 2000) -> ChainCheck:
 
 
 async def log_change(s: AsyncSession, op: str, data: dict[str, Any]) -> int:
-    ch = Change(op=op, data=json.dumps(data, sort_keys=True, default=_json_default))
+    """Append one change-log row. Every row of one transaction carries the same batch
+    number (the first row's revision): edges apply a batch whole and only then cut the
+    connections the new state no longer covers, so a grant that is removed and re-added
+    (or moved to a new session) in one transaction cuts nobody."""
+    batch = s.info.get("batch")
+    ch = Change(op=op, data=json.dumps(data, sort_keys=True, default=_json_default), batch=batch)
     s.add(ch)
     await s.flush()
+    if batch is None:
+        ch.batch = s.info["batch"] = ch.revision  # flushed with the next statement or commit
     s.info["changed"] = True  # the caller notifies followers after commit
     s.info["revision"] = ch.revision
     return ch.revision

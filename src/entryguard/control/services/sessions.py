@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from entryguard.control.db.models import Role, RoleUser, Session, User, utcnow
 from entryguard.control.errors import NotFound
 from entryguard.control.services.grants import (
+    move_session_grants,
     reconcile_session,
     remove_source_grants,
     session_description,
@@ -62,30 +63,47 @@ async def end_session(
 async def start_session(
     s: AsyncSession, user: User, ip: str, requested_seconds: int, settings: Settings
 ) -> dict[str, Any]:
+    """Start a session, or replace the active one as a diff (one transaction).
+
+    Grants whose (resource, CIDR) stay the same move to the new session with its new
+    expiry: no cut at the edge, no ``revoke``/``apply`` for script resources. Grants the
+    user's roles no longer give, and every grant of the old IP when the IP changed, go.
+    """
     cap = await max_duration_for(s, user, settings)
     seconds = min(requested_seconds, cap)
     old = await active_session(s, user.id)
-    if old is not None:
-        await end_session(s, old, user, "replaced", user.email, ip)
     now = utcnow()
+    if old is not None:
+        # Ended before the new row exists: one active session per user is a unique index.
+        old.ended_at = now
+        old.end_reason = "replaced"
+        await s.flush()
     sess = Session(
         user_id=user.id, ip=ip, started_at=now, expires_at=now + timedelta(seconds=seconds)
     )
     s.add(sess)
     await s.flush()
-    added, _ = await reconcile_session(s, sess, user, "session_started")
+    moved = 0
+    if old is not None:
+        moved = await _hand_over(s, old, sess, user, ip)
+    added, removed = await reconcile_session(s, sess, user, "session_started")
+    details: dict[str, Any] = {
+        "ip": ip,
+        "seconds": seconds,
+        "requested_seconds": requested_seconds,
+        "capped": seconds < requested_seconds,
+        "grants_added": added,
+    }
+    if old is not None:
+        details.update(
+            replaces=old.id, previous_ip=old.ip, grants_moved=moved, grants_removed=removed
+        )
     await audit(
         s,
         user.email,
         "session.start",
         f"session {sess.id}",
-        details={
-            "ip": ip,
-            "seconds": seconds,
-            "requested_seconds": requested_seconds,
-            "capped": seconds < requested_seconds,
-            "grants_added": added,
-        },
+        details=details,
         ip=ip,
         org_id=user.org_id,
     )
@@ -96,6 +114,38 @@ async def start_session(
         "requested_seconds": requested_seconds,
         "max_duration_seconds": cap,
     }
+
+
+async def _hand_over(s: AsyncSession, old: Session, new: Session, user: User, ip: str) -> int:
+    """``old`` (already ended as replaced) hands its grants to ``new``; returns how many
+    moved."""
+    if old.ip == new.ip:
+        moved = await move_session_grants(s, old, new)
+        removed = 0
+    else:
+        # Another IP: the old one loses its grants (and, at the edge, its connections).
+        moved = 0
+        removed = await remove_source_grants(
+            s, "session", old.id, "session_replaced", session_description(old, user)
+        )
+    await audit(
+        s,
+        user.email,
+        "session.stop",
+        f"session {old.id}",
+        details={
+            "user": user.email,
+            "ip": old.ip,
+            "reason": "replaced",
+            "replaced_by": new.id,
+            "new_ip": new.ip,
+            "grants_moved": moved,
+            "grants_removed": removed,
+        },
+        ip=ip,
+        org_id=user.org_id,
+    )
+    return moved
 
 
 async def stop_session(s: AsyncSession, user: User, ip: str | None) -> Session:
