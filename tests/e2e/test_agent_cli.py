@@ -8,16 +8,21 @@ the default 127.0.0.1); `db upgrade` gets a scratch PostgreSQL database of its o
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
+import shutil
 import signal
 import stat
 import subprocess
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 import yaml
 
@@ -33,6 +38,7 @@ from tests.e2e.test_cli_flow import Eg, assert_one_line_error, login
 
 PUBLIC_HOST = "example.internal"
 TARGET = "10.0.1.50:5432"
+PG = ["psql", "-X", "-q", "-A", "-t", "-U", "postgres", "-d", "test", "-h", "127.0.0.1"]
 
 
 def agent(
@@ -171,10 +177,11 @@ def test_init_refuses_what_it_cannot_write(stack: Stack, tmp_path: Path) -> None
         (
             ["init", "--config", str(p), "--server-url", stack.cp.url, "--name", "a", "--tunnel"],
             2,
-            "missing api key",
+            "stdin is not a terminal",
+            "pass --api-key KEY --edge-url URL",
         ),
-        (init_args(stack, p), 2, "nothing to do", "--tunnel", "--scripts-dir"),
-        (init_args(stack, p, "--tunnel"), 2, "missing edge url"),
+        (["init", "--config", str(p)], 2, "--server-url URL --api-key KEY --name NAME"),
+        (init_args(stack, p, "--tunnel"), 2, "pass --edge-url URL"),
         (
             init_args(stack, p, "--tunnel", "--edge-url", "http://127.0.0.1:1"),
             1,
@@ -269,6 +276,241 @@ def test_public_host_in_connection_strings(stack: Stack) -> None:
     assert admin.json("session", "status")["resources"][0]["connection"] == conn
     assert re.search(rf"^production-db\s+tunnel\s+{conn}$", admin.ok("resources"), re.M)
     admin.ok("session", "stop")
+
+
+def test_h_is_help() -> None:
+    long, short = agent("--help"), agent("-h")
+    assert long.returncode == short.returncode == 0, short.stderr
+    assert short.stdout == long.stdout and "Usage: eg-agent" in short.stdout
+    sub = agent("init", "-h")
+    assert sub.returncode == 0 and sub.stdout == agent("init", "--help").stdout
+    assert "--server-url" in sub.stdout
+
+
+def test_init_without_a_mode_writes_server_and_agent_and_shows_the_sections(
+    stack: Stack, tmp_path: Path
+) -> None:
+    path = tmp_path / "config.yml"
+    r = agent(*init_args(stack, path))
+    assert r.returncode == 0, r.stderr
+    assert r.stderr == ""
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert yaml.safe_load(path.read_text()) == {
+        "server": {"url": stack.cp.url, "api_key": stack.key},
+        "agent": {"name": "prod-agent"},
+    }
+    lines = r.stdout.splitlines()
+    assert lines[0] == f"✓ wrote {path} (mode 0600)"
+    assert 'tunnel:\n  enabled: true\n  edge_url: "ws://' in r.stdout
+    assert "scripts:\n  enabled: true\n  allowed_dirs: ['/etc/eg-agent/scripts']\n" in r.stdout
+    assert f"eg-agent check --config {path}" in r.stdout
+    # What it prints is YAML that, appended, makes a config with that mode.
+    data = json.loads(agent(*init_args(stack, path, "--force", "--json")).stdout)
+    assert data["modes"] == [] and set(data["add_one_of"]) == {"tunnel", "scripts"}
+    assert data["add_one_of"]["tunnel"] in r.stdout and data["add_one_of"]["scripts"] in r.stdout
+    base = path.read_text()
+    for mode, section in data["add_one_of"].items():
+        loaded = yaml.safe_load(base + section)
+        assert loaded[mode]["enabled"] is True, loaded
+
+    # check and run refuse the file in one line naming what to add, and start nothing.
+    for cmd in ("check", "run"):
+        assert_one_line_error(
+            agent(cmd, "--config", str(path)),
+            1,
+            f"no mode enabled in {path}",
+            "tunnel: section",
+            "edge_url",
+            "scripts: section",
+        )
+    assert_one_line_error(agent("check", "--config", str(path), "--json"), 1, "no mode enabled")
+    # A section that is there but not enabled is no mode either.
+    path.write_text(base + "tunnel:\n  enabled: false\n  edge_url: ws://127.0.0.1:1\n")
+    assert_one_line_error(agent("check", "--config", str(path)), 1, "no mode enabled")
+
+
+def _api(st: Stack, method: str, path: str, token: str, **kw: Any) -> Any:
+    r = httpx.request(
+        method,
+        f"{st.cp.url}/api/v1{path}",
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=30,
+        **kw,
+    )
+    assert r.status_code < 300, f"{method} {path}: {r.status_code} {r.text}"
+    return r.json() if r.content else None
+
+
+@dataclass
+class HandTunnel:
+    """`eg-agent init` with no mode, a tunnel: section appended by hand, `eg-agent run`."""
+
+    init: subprocess.CompletedProcess[str]
+    config: Path
+    proc: subprocess.Popen[bytes]
+    log: Path
+    port: int  # the tunnel to the machine's PostgreSQL
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def wait_log(self, needle: str, timeout: float) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            text = self.output()
+            if needle in text:
+                return text
+            if self.proc.poll() is not None:
+                raise AssertionError(f"eg-agent exited ({self.proc.returncode}): {text[-3000:]}")
+            time.sleep(0.05)
+        raise AssertionError(f"{needle!r} not in the agent's output: {self.output()[-3000:]}")
+
+
+@pytest.fixture(scope="module")
+def hand_tunnel(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[HandTunnel]:
+    # After test_public_host_in_connection_strings, which expects one resource.
+    tmp = tmp_path_factory.mktemp("hand-tunnel")
+    admin = stack.cp.login_token()
+    port = int(
+        _api(
+            stack,
+            "POST",
+            "/admin/resources",
+            admin,
+            json={
+                "name": "local-pg",
+                "type": "tunnel",
+                "agent": "prod-agent",
+                "target_host": "127.0.0.1",
+                "target_port": 5432,
+            },
+        )["resource"]["port"]
+    )
+    _api(stack, "POST", "/admin/roles", admin, json={"name": "pg-users", "max_duration": "8h"})
+    _api(stack, "POST", "/admin/roles/pg-users/resources", admin, json={"resource": "local-pg"})
+    email, password = "pg-user@example.com", "pg-user-password-1"
+    _api(stack, "POST", "/admin/users", admin, json={"email": email, "password": password})
+    _api(stack, "POST", "/admin/roles/pg-users/users", admin, json={"email": email})
+    r = httpx.post(f"{stack.cp.url}/api/v1/auth/login", json={"email": email, "password": password})
+    r.raise_for_status()
+    user = str(r.json()["token"])
+    _api(stack, "POST", "/sessions", user, json={"duration": "1h"})  # from 127.0.0.1
+
+    path = tmp / "config.yml"
+    init = agent(*init_args(stack, path))
+    assert init.returncode == 0, init.stderr
+    with path.open("a") as f:  # what the tunnels guide tells users to add
+        f.write(f'tunnel:\n  enabled: true\n  edge_url: "{stack.cp.edge_url}"\n')
+    log = tmp / "agent.log"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EG_")}
+    with log.open("ab") as out:
+        proc = subprocess.Popen(
+            [str(BIN / "eg-agent"), "run", "--config", str(path)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+        )
+    try:
+        yield HandTunnel(init, path, proc, log, port)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        # The control plane may be stopped already (test_up_stops_cleanly runs last).
+        with contextlib.suppress(httpx.HTTPError):
+            _api(stack, "DELETE", "/sessions/current", user)
+
+
+@pytest.mark.skipif(shutil.which("psql") is None, reason="psql is installed by .ci/run")
+def test_a_hand_added_tunnel_section_works_like_init_tunnel(
+    stack: Stack, hand_tunnel: HandTunnel
+) -> None:
+    ht = hand_tunnel
+    assert "tunnel:\n  enabled: true\n" in ht.init.stdout
+    assert ht.config.read_text().count("tunnel:") == 1  # init wrote none; ours is the one
+    r = agent("check", "--config", str(ht.config))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stdout.splitlines()[0] == f"✓ config {ht.config} is valid (modes: tunnel)"
+    assert f"✓ edge {stack.cp.edge_url} accepted the agent's WebSocket" in r.stdout
+
+    ht.wait_log(f"[tunnel] connected to edge at {stack.cp.edge_url}", 20)
+    text = ht.output()
+    assert f"[tunnel] connecting to edge at {stack.cp.edge_url}" in text
+    updated = re.findall(r"\[tunnel\] targets updated: \[(.*)\]$", text, re.M)
+    assert updated and "127.0.0.1:5432" in updated[-1].split(", "), text
+    assert TARGET in updated[-1].split(", ")
+
+    out = subprocess.run(
+        [*PG, "-p", str(ht.port), "-c", "select 'through the tunnel', 40 + 2"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "through the tunnel|42"
+
+
+def _backends_running(marker: str) -> int:
+    r = subprocess.run(
+        [
+            *PG,
+            "-p",
+            "5432",
+            "-c",
+            "select count(*) from pg_stat_activity "
+            f"where query like '%{marker}%' and pid <> pg_backend_pid()",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert r.returncode == 0, r.stderr
+    return int(r.stdout.strip())
+
+
+@pytest.mark.skipif(shutil.which("psql") is None, reason="psql is installed by .ci/run")
+def test_sigterm_stops_the_agent_within_5s_and_closes_live_streams(
+    stack: Stack, hand_tunnel: HandTunnel
+) -> None:
+    ht = hand_tunnel
+    ht.wait_log(f"[tunnel] connected to edge at {stack.cp.edge_url}", 20)
+    marker = "eg-agent-sigterm-live-stream"
+    client = subprocess.Popen(
+        [*PG, "-p", str(ht.port), "-c", f"select '{marker}', pg_sleep(20)"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        # The query is running on the server, through the tunnel.
+        deadline = time.monotonic() + 15
+        while _backends_running(marker) == 0:
+            assert client.poll() is None, client.communicate()
+            assert time.monotonic() < deadline, "the query never reached PostgreSQL"
+            time.sleep(0.1)
+        t0 = time.monotonic()
+        ht.proc.send_signal(signal.SIGTERM)
+        try:
+            code = ht.proc.wait(5)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(
+                f"eg-agent still running 5 s after SIGTERM: {ht.output()[-3000:]}"
+            ) from None
+        stopped = time.monotonic() - t0
+        text = ht.output()
+        assert code == 0, text[-3000:]
+        assert "ERROR" not in text and "Traceback" not in text, text[-3000:]
+        assert "[tunnel] closing 1 open stream(s)" in text, text[-3000:]
+        # The client's connection was closed, not left hanging until pg_sleep ends.
+        _, err = client.communicate(timeout=5)
+        assert client.returncode != 0 and time.monotonic() - t0 < 10, err
+        assert "connection" in err, err
+        assert stopped < 5
+    finally:
+        if client.poll() is None:
+            client.kill()
+            client.wait(5)
 
 
 def _pg_tables(url: str) -> tuple[set[str], list[str], int]:

@@ -57,3 +57,19 @@ def test_mistakes_are_named(tmp_path: Path, change: tuple[str, str], needle: str
 def test_missing_file_says_what_to_do(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="eg-agent init"):
         load_config(tmp_path / "nope.yml")
+
+
+def test_a_config_with_no_mode_loads(tmp_path: Path) -> None:
+    # What `eg-agent init` writes with no mode flag: valid, and `run`/`check` say what to add.
+    base = GOOD.split("tunnel:")[0]
+    assert load_config(write(tmp_path, base)).modes == []
+    off = base + "tunnel:\n  enabled: false\nscripts:\n  enabled: false\n"
+    assert load_config(write(tmp_path, off)).modes == []
+
+
+def test_a_tunnel_section_appended_to_init_s_file_is_tunnel_mode(tmp_path: Path) -> None:
+    base = GOOD.split("tunnel:")[0]
+    cfg = load_config(write(tmp_path, base + 'tunnel:\n  enabled: true\n  edge_url: "ws://e:1"\n'))
+    assert cfg.modes == ["tunnel"] and cfg.tunnel.edge_url == "ws://e:1"
+    with pytest.raises(ConfigError, match=r"tunnel\.edge_url is missing"):
+        load_config(write(tmp_path, base + "tunnel:\n  enabled: true\n"))

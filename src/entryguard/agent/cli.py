@@ -15,6 +15,7 @@ from rich.console import Console
 
 from entryguard import __version__, aio
 from entryguard.agent.config import (
+    AgentConfig,
     ConfigError,
     default_config_path,
     dump_config,
@@ -29,6 +30,7 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
 # Whole lines (no wrapping at 80 columns when piped), nothing read as Rich markup.
 out = Console(highlight=False, soft_wrap=True, markup=False, emoji=False)
@@ -90,17 +92,36 @@ def init(
     force: Annotated[bool, typer.Option(help="Overwrite an existing config file.")] = False,
     json_output: JsonOpt = False,
 ) -> None:
-    """Write a config file (mode 0600), asking for what is missing when on a terminal."""
+    """Write a config file (mode 0600), asking for what is missing when on a terminal.
+
+    With no mode flag (and no answers on a terminal) it writes the server and agent
+    sections and prints the tunnel: and scripts: sections to add to the file.
+    """
     path = _config_path(config)
     if path.exists() and not force:
         fail(f"{path} already exists: pass --force to overwrite it")
     interactive = sys.stdin.isatty()
+    if not interactive:
+        missing = [
+            flag
+            for flag, value in (
+                ("--server-url URL", server_url),
+                ("--api-key KEY", api_key),
+                ("--name NAME", name),
+                ("--edge-url URL", edge_url if tunnel else "-"),
+            )
+            if not value
+        ]
+        if missing:
+            fail(
+                f"stdin is not a terminal, so init cannot ask: pass {' '.join(missing)}"
+                " (see `eg-agent init --help`)",
+                2,
+            )
 
     def ask(value: str | None, prompt: str, hide: bool = False, default: str | None = None) -> str:
         if value:
             return value
-        if not interactive:
-            fail(f"missing {prompt.lower()}: pass it as a flag (see `eg-agent init --help`)", 2)
         return str(typer.prompt(prompt, hide_input=hide, default=default))
 
     import socket
@@ -110,11 +131,11 @@ def init(
     name = ask(name, "Agent name", default=socket.gethostname())
     if tunnel or edge_url:
         tunnel = True
-        edge_url = ask(edge_url, "Edge URL (ws:// or wss://)", default="ws://127.0.0.1:8081")
+        edge_url = ask(edge_url, "Edge URL (ws:// or wss://)", default=_edge_guess(server_url))
     if not tunnel and not scripts_dir and interactive:
         tunnel = typer.confirm("Enable tunnel mode?", default=True)
         if tunnel:
-            edge_url = ask(None, "Edge URL (ws:// or wss://)", default="ws://127.0.0.1:8081")
+            edge_url = ask(None, "Edge URL (ws:// or wss://)", default=_edge_guess(server_url))
         d = typer.prompt(
             "Allowed script directory (empty: no script mode)", default="", show_default=False
         )
@@ -123,11 +144,16 @@ def init(
     data: dict[str, Any] = {
         "server": {"url": server_url, "api_key": api_key},
         "agent": {"name": name},
-        "tunnel": {"enabled": bool(tunnel), **({"edge_url": edge_url} if edge_url else {})},
-        "scripts": {"enabled": bool(scripts_dir), "allowed_dirs": scripts_dir, "timeout": "30s"},
     }
-    if not tunnel and not scripts_dir:
-        fail("nothing to do: pass --tunnel --edge-url URL (tunnel mode) or --scripts-dir DIR", 2)
+    if tunnel or scripts_dir:
+        data["tunnel"] = {"enabled": bool(tunnel), **({"edge_url": edge_url} if edge_url else {})}
+        data["scripts"] = {
+            "enabled": bool(scripts_dir),
+            "allowed_dirs": scripts_dir,
+            "timeout": "30s",
+        }
+    # With no mode, the tunnel: and scripts: sections are left out so that the one the
+    # user appends is the only one in the file.
     try:
         cfg = parse_config(data, path)
     except ConfigError as exc:
@@ -137,12 +163,69 @@ def init(
     with os.fdopen(fd, "w") as f:
         f.write(dump_config(data))
     os.chmod(path, 0o600)
+    to_add = {} if cfg.modes else _sections_to_add(cfg.server.url)
     if json_output:
-        print_json({"config": str(path), "mode": "0600", "modes": cfg.modes})
+        result: dict[str, Any] = {"config": str(path), "mode": "0600", "modes": cfg.modes}
+        if to_add:
+            result["add_one_of"] = to_add
+        print_json(result)
         return
     out.print(f"✓ wrote {path} (mode 0600)")
+    if to_add:
+        out.print(f"  No mode is enabled yet: append one of these sections to {path}.")
+        out.print("")
+        out.print("  For tunnel mode (reach private targets through the edge):")
+        out.print("")
+        out.print(to_add["tunnel"], end="")
+        out.print("")
+        out.print("  For script mode (run your apply/revoke scripts):")
+        out.print("")
+        out.print(to_add["scripts"], end="")
+        out.print("")
     out.print(f"  check it with: eg-agent check --config {path}")
     out.print(f"  run it with:   eg-agent run --config {path}")
+
+
+def _edge_guess(server_url: str) -> str:
+    """The edge `entryguard up` serves next to this control plane, as a starting point:
+    same host, ws(s)://, and 8081 when the API is on the default 8080."""
+    from urllib.parse import urlsplit
+
+    try:
+        u = urlsplit(server_url)
+        host, port = u.hostname, u.port
+    except ValueError:
+        host, port = None, None
+    if not host:
+        return "ws://127.0.0.1:8081"
+    scheme = "wss" if u.scheme == "https" else "ws"
+    if ":" in host:
+        host = f"[{host}]"
+    if port == 8080 or (port is None and scheme == "ws"):
+        return f"{scheme}://{host}:8081"
+    return f"{scheme}://{host}"
+
+
+def _sections_to_add(server_url: str) -> dict[str, str]:
+    scripts_dir = r"C:\eg-agent\scripts" if sys.platform == "win32" else "/etc/eg-agent/scripts"
+    return {
+        "tunnel": (
+            f'tunnel:\n  enabled: true\n  edge_url: "{_edge_guess(server_url)}"'
+            "   # your edge's address: ws:// or wss://\n"
+        ),
+        "scripts": (
+            # Single quotes: a Windows path's backslashes are not escapes there.
+            f"scripts:\n  enabled: true\n  allowed_dirs: ['{scripts_dir}']\n  timeout: 30s\n"
+        ),
+    }
+
+
+def _require_mode(cfg: AgentConfig, path: Path) -> None:
+    if not cfg.modes:
+        fail(
+            f"no mode enabled in {path}: add a tunnel: section (enabled: true, edge_url: ws://…)"
+            " or a scripts: section (enabled: true, allowed_dirs: [DIR])"
+        )
 
 
 @app.command()
@@ -155,6 +238,7 @@ def check(config: ConfigOpt = None, json_output: JsonOpt = False) -> None:
         cfg = load_config(path)
     except ConfigError as exc:
         fail(str(exc))
+    _require_mode(cfg, path)
     results: list[dict[str, Any]] = []
 
     def report(ok: bool, message: str) -> None:
@@ -202,6 +286,7 @@ def run(
         cfg = load_config(path)
     except ConfigError as exc:
         fail(str(exc))
+    _require_mode(cfg, path)
     try:
         aio.run(run_agent(cfg))
     except KeyboardInterrupt:

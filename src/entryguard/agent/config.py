@@ -163,10 +163,8 @@ def parse_config(data: Any, path: Path) -> AgentConfig:
         raise ConfigError(_describe(path, exc)) from None
     if cfg.tunnel.enabled and not cfg.tunnel.edge_url:
         raise ConfigError(f"{path}: tunnel.enabled is true but tunnel.edge_url is missing")
-    if not cfg.modes:
-        raise ConfigError(
-            f"{path}: neither tunnel.enabled nor scripts.enabled is true: nothing to do"
-        )
+    # A config with no mode enabled is valid (it is what `eg-agent init` writes before a
+    # tunnel: or scripts: section is added); `run` and `check` refuse it, saying so.
     return cfg
 
 

@@ -16,7 +16,9 @@ log = logging.getLogger("entryguard.agent")
 # EG_AGENT_HEARTBEAT_INTERVAL (seconds) exists for tests; operators keep the default,
 # which the control plane's offline threshold (three missed beats) is tuned to.
 HEARTBEAT_INTERVAL = float(os.environ.get("EG_AGENT_HEARTBEAT_INTERVAL") or 15.0)
-DRAIN_TIMEOUT = 10.0
+# On SIGTERM open tunnel streams get this long to finish before they are reset, so a
+# stop takes a few seconds even with long-lived connections (database sessions) open.
+DRAIN_TIMEOUT = 2.0
 
 
 async def _heartbeats(control: ControlClient, tunnel_connected: asyncio.Event | None) -> None:

@@ -129,8 +129,11 @@ class TunnelClient:
     def _on_open(self, stream_id: int, ev: Any) -> None:
         link = self.link
         assert link is not None
+        if self._draining:
+            link.reset(stream_id, ResetCode.REFUSED, "agent shutting down")
+            return
         target = self.targets.get(int(ev.tunnel_id))
-        if target is None or self._draining:
+        if target is None:
             log.warning(
                 "[tunnel] refused stream for tunnel %s from %s: not a tunnel this agent serves",
                 ev.tunnel_id,
@@ -236,7 +239,10 @@ class TunnelClient:
                     ) as ws:
                         backoff = 0.5
                         await self._serve(ws)
-                    log.warning("[tunnel] disconnected from edge at %s", self.edge_url)
+                    if self._draining:
+                        log.info("[tunnel] disconnected from edge at %s", self.edge_url)
+                    else:
+                        log.warning("[tunnel] disconnected from edge at %s", self.edge_url)
                 except websockets.InvalidStatus as exc:
                     log.error(
                         "[tunnel] edge refused the connection (HTTP %d): check server.api_key has the "
@@ -278,11 +284,20 @@ class TunnelClient:
             self.link = None
 
     async def drain(self, timeout: float) -> None:
-        """SIGTERM: accept no new streams, let open ones finish for up to ``timeout``."""
+        """SIGTERM: accept no new streams, let open ones finish for up to ``timeout``,
+        then reset the rest (their clients see the connection close, not a hang) and
+        close the link."""
         self._draining = True
         if self.streams:
             self.idle.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.idle.wait(), timeout)
-        if self.link is not None:
-            await self.link.ws.close(1001, "agent shutting down")
+        if self.streams:
+            log.info("[tunnel] closing %d open stream(s)", len(self.streams))
+            for stream in list(self.streams):
+                stream.abort(ResetCode.REFUSED, "agent shutting down")
+            self.streams.clear()
+        link = self.link
+        if link is not None:
+            link.kick()  # the RESETs go out before the close frame
+            await link.ws.close(1001, "agent shutting down")
