@@ -18,38 +18,41 @@ from rich.console import Console
 
 from entryguard import __version__, aio
 from entryguard.cli.output import one_line, print_error
-from entryguard.cli.standalone import run_app
+from entryguard.cli.standalone import EXIT_FAILED, EXIT_USAGE, new_app, run_app
 from entryguard.control.db.database import Database, async_url, sqlite_url_for
 from entryguard.control.settings import PortRange, Settings
 from entryguard.net import CidrError, parse_cidr
 
-app = typer.Typer(
-    help="EntryGuard: just-in-time, time-bounded network access.",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    add_completion=False,
-)
-db_app = typer.Typer(help="Database maintenance.", no_args_is_help=True)
-token_app = typer.Typer(
-    help="Edge tokens (how an edge authenticates to the control plane).", no_args_is_help=True
-)
+app = new_app("EntryGuard: just-in-time, time-bounded network access.")
+db_app = new_app("Database maintenance.")
+token_app = new_app("Edge tokens (how an edge authenticates to the control plane).")
 app.add_typer(db_app, name="db")
 app.add_typer(token_app, name="edge-token")
 out = Console(soft_wrap=True)
 
-DataDir = Annotated[Path, typer.Option("--data-dir", envvar="EG_DATA_DIR", help="Data directory.")]
+DataDir = Annotated[
+    Path,
+    typer.Option(
+        "--data-dir", envvar="EG_DATA_DIR", show_envvar=True, metavar="DIR", help="Data directory."
+    ),
+]
 DbUrl = Annotated[
     str | None,
     typer.Option(
         "--database-url",
         envvar="EG_DATABASE_URL",
+        show_envvar=True,
+        metavar="URL",
         help="postgresql://… or sqlite:///…; default: SQLite in the data dir.",
     ),
 ]
 OfflineAfter = Annotated[
     str,
     typer.Option(
+        "--agent-offline-after",
         envvar="EG_AGENT_OFFLINE_AFTER",
+        show_envvar=True,
+        metavar="DURATION",
         help="An agent silent this long is marked offline (three missed 15 s heartbeats).",
     ),
 ]
@@ -58,9 +61,14 @@ OfflineAfter = Annotated[
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts instead of text.")]
 
 
-def fail(message: str) -> None:
-    print_error(message)  # one line on stderr
-    raise typer.Exit(1)
+def fail(message: str, code: int = EXIT_FAILED) -> None:
+    """One line on stderr, then exit: 1 when something failed, 2 (``usage``) for bad flags."""
+    print_error(message)
+    raise typer.Exit(code)
+
+
+def usage(message: str) -> None:
+    fail(message, EXIT_USAGE)
 
 
 def check_database_url(url: str) -> None:
@@ -71,9 +79,9 @@ def check_database_url(url: str) -> None:
     try:
         backend = make_url(async_url(url)).get_backend_name()
     except ArgumentError:
-        fail("invalid --database-url: expected postgresql://USER@HOST:PORT/DB or sqlite:///PATH")
+        usage("invalid --database-url: expected postgresql://USER@HOST:PORT/DB or sqlite:///PATH")
     if backend not in ("postgresql", "sqlite"):
-        fail(
+        usage(
             f"unsupported database {backend!r} in --database-url: "
             "use postgresql://USER@HOST:PORT/DB or sqlite:///PATH"
         )
@@ -105,7 +113,7 @@ def parse_listen(text: str, default_port: int) -> tuple[str, int]:
         host, port = t, str(default_port)
     host = host.strip("[]") or "127.0.0.1"
     if not port.isdigit() or not (0 <= int(port) <= 65535):
-        fail(f"invalid listen address {text!r}: expected HOST:PORT, e.g. 127.0.0.1:8080")
+        usage(f"invalid listen address {text!r}: expected HOST:PORT, e.g. 127.0.0.1:8080")
     return host, int(port)
 
 
@@ -132,17 +140,17 @@ def build_settings(
     try:
         ports = PortRange.parse(tunnel_ports)
     except ValueError as exc:
-        fail(str(exc))
+        usage(str(exc))
     try:
         offline_after = parse_duration(agent_offline_after, bare_unit="s")
     except ValueError as exc:
-        fail(f"--agent-offline-after: {exc} (a bare number is seconds)")
+        usage(f"--agent-offline-after: {exc} (a bare number is seconds)")
     proxies = []
     for p in trusted_proxies:
         try:
             proxies.append(parse_cidr(p))
         except CidrError as exc:
-            fail(f"--trusted-proxy: {exc}")
+            usage(f"--trusted-proxy: {exc}")
     return Settings(
         database_url=database_url or sqlite_url_for(data_dir),
         data_dir=data_dir,
@@ -198,9 +206,11 @@ def db_upgrade(
     out.print("✓ database is up to date")
 
 
-@token_app.command("create")
+@token_app.command("create", short_help="Create an edge token (printed once).")
 def edge_token_create(
-    name: Annotated[str, typer.Option("--name", help="A label for this edge.")] = "edge",
+    name: Annotated[
+        str, typer.Option("--name", metavar="NAME", help="A label for this edge.")
+    ] = "edge",
     data_dir: DataDir = Path(".entryguard"),
     database_url: DbUrl = None,
     json_output: JsonOpt = False,
@@ -292,28 +302,55 @@ def _tls_args(
         cert, key = ensure_self_signed(data_dir, [public_host, host, "localhost", "127.0.0.1"])
         return str(cert), str(key)
     if bool(tls_cert) != bool(tls_key):
-        fail("give both --tls-cert and --tls-key")
+        usage("give both --tls-cert and --tls-key")
     if tls_cert and tls_key:
         return str(tls_cert), str(tls_key)
     if not is_loopback(host):
-        fail(
+        usage(
             f"listening on {host} (not loopback) needs TLS: pass --tls-cert and --tls-key, "
             "or --tls-self-signed"
         )
     return None
 
 
-Listen = Annotated[str, typer.Option(help="API + dashboard address.")]
-EdgeListen = Annotated[str, typer.Option(help="Edge address (agent WebSocket, /health, /metrics).")]
-TunnelPorts = Annotated[str, typer.Option(help="Tunnel port range, FIRST-LAST.")]
-PublicHost = Annotated[str, typer.Option(help="Host shown in connection strings.")]
-TlsCert = Annotated[Path | None, typer.Option(help="TLS certificate (PEM).")]
-TlsKey = Annotated[Path | None, typer.Option(help="TLS private key (PEM).")]
-TlsSelfSigned = Annotated[bool, typer.Option(help="Generate a CA and certificate in the data dir.")]
-TrustedProxy = Annotated[
-    list[str], typer.Option(help="CIDR of a proxy whose X-Forwarded-For is trusted (repeatable).")
+Listen = Annotated[
+    str, typer.Option("--listen", metavar="HOST:PORT", help="API + dashboard address.")
 ]
-LogLevel = Annotated[str, typer.Option(help="debug, info, warning")]
+EdgeListen = Annotated[
+    str,
+    typer.Option(
+        "--edge-listen",
+        metavar="HOST:PORT",
+        help="Edge address (agent WebSocket, /health, /metrics).",
+    ),
+]
+TunnelPorts = Annotated[
+    str, typer.Option("--tunnel-ports", metavar="FIRST-LAST", help="Tunnel port range.")
+]
+PublicHost = Annotated[
+    str, typer.Option("--public-host", metavar="HOST", help="Host shown in connection strings.")
+]
+TlsCert = Annotated[
+    Path | None, typer.Option("--tls-cert", metavar="PEM", help="TLS certificate (PEM).")
+]
+TlsKey = Annotated[
+    Path | None, typer.Option("--tls-key", metavar="PEM", help="TLS private key (PEM).")
+]
+TlsSelfSigned = Annotated[
+    bool,
+    typer.Option("--tls-self-signed", help="Generate a CA and certificate in the data dir."),
+]
+TrustedProxy = Annotated[
+    list[str],
+    typer.Option(
+        "--trusted-proxy",
+        metavar="CIDR",
+        help="A proxy whose X-Forwarded-For is trusted (repeatable).",
+    ),
+]
+LogLevel = Annotated[
+    str, typer.Option("--log-level", metavar="LEVEL", help="debug, info or warning.")
+]
 
 
 def _serve(
@@ -354,7 +391,7 @@ def _serve(
     _run_control(settings, host, port, tls, log_level, with_edge, edge_listen or "", with_edge)
 
 
-@app.command()
+@app.command(short_help="Run the control plane and the edge in one process.")
 def up(
     data_dir: DataDir = Path(".entryguard"),
     listen: Listen = "127.0.0.1:8080",
@@ -386,7 +423,7 @@ def up(
     )
 
 
-@app.command()
+@app.command(short_help="Run the control plane only (API, dashboard, background jobs).")
 def server(
     data_dir: DataDir = Path(".entryguard"),
     listen: Listen = "127.0.0.1:8080",
@@ -417,34 +454,58 @@ def server(
     )
 
 
-@app.command()
+@app.command(short_help="Run an edge: tunnel ports and the agents' WebSocket endpoint.")
 def edge(
     control_url: Annotated[
         str,
         typer.Option(
-            envvar="EG_CONTROL_URL", help="The control plane, e.g. https://entryguard.example.com"
+            "--control-url",
+            envvar="EG_CONTROL_URL",
+            show_envvar=True,
+            metavar="URL",
+            help="The control plane, e.g. https://entryguard.example.com",
         ),
     ],
     edge_token: Annotated[
         str,
         typer.Option(
-            envvar="EG_EDGE_TOKEN", help="From `entryguard edge-token create` on the control plane."
+            "--edge-token",
+            envvar="EG_EDGE_TOKEN",
+            show_envvar=True,
+            metavar="TOKEN",
+            help="From `entryguard edge-token create` on the control plane.",
         ),
     ],
     listen: Annotated[
-        str, typer.Option(help="Agent WebSocket, /health and /metrics address.")
+        str,
+        typer.Option(
+            "--listen", metavar="HOST:PORT", help="Agent WebSocket, /health and /metrics address."
+        ),
     ] = "127.0.0.1:8081",
     tunnel_host: Annotated[
         str | None,
-        typer.Option(help="Address tunnel ports listen on (default: the --listen host)."),
+        typer.Option(
+            "--tunnel-host",
+            metavar="ADDR",
+            help="Address tunnel ports listen on (default: the --listen host).",
+        ),
     ] = None,
     ca_file: Annotated[
         Path | None,
-        typer.Option(envvar="EG_CA_FILE", help="CA to trust for an https control plane."),
+        typer.Option(
+            "--ca-file",
+            envvar="EG_CA_FILE",
+            show_envvar=True,
+            metavar="PEM",
+            help="CA to trust for an https control plane.",
+        ),
     ] = None,
-    tls_cert: Annotated[Path | None, typer.Option(help="TLS certificate (PEM) for wss://.")] = None,
-    tls_key: Annotated[Path | None, typer.Option(help="TLS private key (PEM).")] = None,
-    log_level: Annotated[str, typer.Option(help="debug, info, warning")] = "info",
+    tls_cert: Annotated[
+        Path | None,
+        typer.Option("--tls-cert", metavar="PEM", help="TLS certificate (PEM) for wss://."),
+    ] = None,
+    tls_key: TlsKey = None,
+    log_level: LogLevel = "info",
 ) -> None:
     """Run an edge: tunnel ports and the agents' WebSocket endpoint; holds no database credentials."""
     import ssl
@@ -456,15 +517,17 @@ def edge(
     logging.getLogger("httpx").setLevel(logging.WARNING)
     host, port = parse_listen(listen, 8081)
     if bool(tls_cert) != bool(tls_key):
-        fail("give both --tls-cert and --tls-key")
+        usage("give both --tls-cert and --tls-key")
     if not tls_cert and not is_loopback(host):
-        fail(
+        usage(
             f"listening on {host} (not loopback) needs TLS for the agents' WebSocket: pass --tls-cert and --tls-key"
         )
     if not control_url.startswith(("http://", "https://")):
-        fail("--control-url must start with http:// or https://")
+        usage("--control-url must start with http:// or https://")
 
     async def run() -> None:
+        stop = asyncio.Event()  # SIGTERM or Ctrl-C: close the edge, exit 0
+        aio.on_stop_signals(lambda _sig: stop.set())
         ssl_ctx = None
         if tls_cert and tls_key:
             ssl_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -481,7 +544,7 @@ def edge(
             highlight=False,
         )
         try:
-            await asyncio.Future()
+            await stop.wait()
         finally:
             await e.close()
 

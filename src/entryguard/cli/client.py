@@ -16,13 +16,18 @@ from urllib.parse import quote, urlsplit, urlunsplit
 import httpx
 
 from entryguard import __version__
+from entryguard.cli import credentials
 from entryguard.cli.errors import CliError, UsageError
 from entryguard.cli.output import one_line
 
 API_PREFIX = "/api/v1"
 DEFAULT_SERVER = "http://127.0.0.1:8080"
 TokenSource = Literal["login", "env"]
-NOT_LOGGED_IN = "not logged in or your login expired: run `eg login`"
+
+
+def not_logged_in() -> str:
+    """The refusal of a login token the server no longer knows (names the profile)."""
+    return f"not logged in or your login expired: run `eg login{credentials.profile_flag()}`"
 
 
 def normalize_server(url: str) -> str:
@@ -56,9 +61,9 @@ def tls_context(ca_file: str | None) -> ssl.SSLContext | bool:
     try:
         return ssl.create_default_context(cafile=ca_file)
     except FileNotFoundError as exc:
-        raise CliError(f"CA file {ca_file} not found (from --ca-file or EG_CA_FILE)") from exc
+        raise UsageError(f"CA file {ca_file} not found (from --ca-file or EG_CA_FILE)") from exc
     except (OSError, ssl.SSLError) as exc:
-        raise CliError(f"cannot use CA file {ca_file}: {one_line(str(exc))}") from exc
+        raise UsageError(f"cannot use CA file {ca_file}: {one_line(str(exc))}") from exc
 
 
 def _causes(exc: BaseException) -> list[BaseException]:
@@ -180,7 +185,7 @@ class ApiClient:
         if status == 401 and not login:
             if self.token_source == "env":
                 return f"the token in EG_TOKEN was refused: {message or 'unauthorized'}"
-            return NOT_LOGGED_IN
+            return not_logged_in()
         if message is not None:
             return message
         if resp.is_success:

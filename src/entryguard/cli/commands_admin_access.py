@@ -20,18 +20,13 @@ from entryguard.cli.output import (
     print_table,
     yes_no,
 )
+from entryguard.cli.standalone import new_app
 from entryguard.cli.validation import cidr_body, duration_flag, parse_target
 
-resource_app = typer.Typer(
-    help="Resources: tunnels to private targets, and agent scripts.", no_args_is_help=True
-)
-rule_app = typer.Typer(
-    help="Static rules: CIDRs that may always reach a resource.", no_args_is_help=True
-)
-guest_app = typer.Typer(
-    help="Guest access: a CIDR may reach a resource for a while.", no_args_is_help=True
-)
-session_app = typer.Typer(help="Everyone's sessions: list and revoke.", no_args_is_help=True)
+resource_app = new_app("Resources: tunnels to private targets, and agent scripts.")
+rule_app = new_app("Static rules: CIDRs that may always reach a resource.")
+guest_app = new_app("Guest access: a CIDR may reach a resource for a while.")
+session_app = new_app("Everyone's sessions: list and revoke.")
 
 Cidr = Annotated[
     str,
@@ -224,6 +219,7 @@ def rule_remove(
 
 @guest_app.command(
     "grant",
+    short_help="Let a network reach a resource for a limited time.",
     epilog=examples(
         "eg admin guest grant production-db 203.0.113.7 --duration 2h --note 'vendor support'"
     ),

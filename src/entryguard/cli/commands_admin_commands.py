@@ -16,10 +16,13 @@ from entryguard.cli.output import (
     print_ok,
     print_table,
 )
+from entryguard.cli.standalone import new_app
 
 RETRY_HINT = "Run one again with `eg admin commands retry ID`."
 
-commands_app = typer.Typer(
+commands_app = new_app(
+    no_args_is_help=False,
+    short_help="Script commands queued for agents: list, failures, retry.",
     help=(
         "Script commands queued for agents (apply/revoke): list them, see failures with "
         "their output, retry."
@@ -71,7 +74,9 @@ def commands_list(
     agent: Annotated[
         str | None, typer.Option("--agent", metavar="KEYNAME", help="Only this agent's commands.")
     ] = None,
-    limit: Annotated[int, typer.Option("--limit", min=1, max=1000, help="At most this many.")] = 50,
+    limit: Annotated[
+        int, typer.Option("--limit", metavar="N", min=1, max=1000, help="At most this many.")
+    ] = 50,
     server: ServerOpt = None,
     ca_file: CaFileOpt = None,
     json_output: JsonOpt = False,

@@ -20,14 +20,13 @@ from entryguard.cli.output import (
     seconds_until,
     yes_no,
 )
+from entryguard.cli.standalone import new_app
 from entryguard.cli.validation import duration_flag
 from entryguard.durations import format_duration
 
-user_app = typer.Typer(help="Users: create, list, disable.", no_args_is_help=True)
-role_app = typer.Typer(
-    help="Roles: which users reach which resources, and for how long.", no_args_is_help=True
-)
-apikey_app = typer.Typer(help="API keys for agents and scripts (eg_…).", no_args_is_help=True)
+user_app = new_app("Users: create, list, disable.")
+role_app = new_app("Roles: which users reach which resources, and for how long.")
+apikey_app = new_app("API keys for agents and scripts (eg_…).")
 
 Email = Annotated[str, typer.Argument(metavar="EMAIL", help="The user's email.")]
 RoleName = Annotated[str, typer.Argument(metavar="ROLE", help="Role name.")]
@@ -39,6 +38,7 @@ ResourceName = Annotated[str, typer.Argument(metavar="RESOURCE", help="Resource 
 
 @user_app.command(
     "create",
+    short_help="Create a user (generated password unless --password-stdin).",
     epilog=examples(
         "eg admin user create alice@example.com",
         "printf '%s' \"$PW\" | eg admin user create bob@example.com --admin --password-stdin",

@@ -121,7 +121,10 @@ def audit(
         typer.Option("--verify", help="Check the hash chain; exit 1 naming the first bad event."),
     ] = False,
     limit: Annotated[
-        int, typer.Option("--limit", min=1, max=5000, help="At most this many (the newest).")
+        int,
+        typer.Option(
+            "--limit", metavar="N", min=1, max=5000, help="At most this many (the newest)."
+        ),
     ] = 200,
     actor: Annotated[
         str | None,

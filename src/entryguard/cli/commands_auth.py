@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import typer
 
 from entryguard.cli import credentials
-from entryguard.cli.client import NOT_LOGGED_IN, ApiClient, is_loopback_url
+from entryguard.cli.client import ApiClient, is_loopback_url, not_logged_in
 from entryguard.cli.errors import CliError, UsageError
 from entryguard.cli.options import CaFileOpt, JsonOpt, ServerOpt, open_client, resolve_server
 from entryguard.cli.output import (
@@ -23,10 +23,10 @@ from entryguard.cli.output import (
 )
 
 
-def _stored_or_none() -> credentials.Credentials | None:
+def _stored_or_none(profile: str | None = None) -> credentials.Credentials | None:
     # A damaged file must not stop the user from logging in again (which replaces it).
     try:
-        return credentials.load()
+        return credentials.load(profile)
     except CliError:
         return None
 
@@ -69,11 +69,15 @@ def login(
     """Log in and save the token (mode 0600).
 
     The token is kept in ~/.config/entryguard/credentials.json (or $XDG_CONFIG_HOME,
-    or EG_CONFIG_DIR). The password is asked on the terminal, or read from stdin with
+    or EG_CONFIG_DIR); with --profile NAME in credentials-NAME.json, beside the
+    default login. The password is asked on the terminal, or read from stdin with
     --password-stdin. The server defaults to EG_SERVER, else the server you last logged in to, else
     http://127.0.0.1:8080. Give it with or without /api/v1.
     """
     stored = _stored_or_none()
+    if stored is None and credentials.active_profile() != credentials.DEFAULT_PROFILE:
+        # A new profile starts from the server of the default login, if there is one.
+        stored = _stored_or_none(credentials.DEFAULT_PROFILE)
     url = resolve_server(server, stored)
     if ca_file is None and stored is not None and stored.server == url:
         ca_file = stored.ca_file
@@ -108,23 +112,31 @@ def login(
                 "expires_at": data.get("expires_at"),
                 "user": user,
                 "credentials_file": str(path),
+                "profile": credentials.active_profile(),
             }
         )
         return
     role = " (admin)" if user.get("is_admin") else ""
-    print_ok(f"Logged in to {url} as {clean(stored_email)}{role}")
+    profile = credentials.active_profile()
+    shown = "" if profile == credentials.DEFAULT_PROFILE else f" (profile {profile})"
+    print_ok(f"Logged in to {url} as {clean(stored_email)}{role}{shown}")
     print_line(f"Login expires {format_relative(data.get('expires_at'))}; token saved in {path}")
-    print_line("Next: eg session start")
+    print_line(f"Next: eg{credentials.profile_flag()} session start")
 
 
 def logout(json_output: JsonOpt = False) -> None:
-    """Revoke the saved login token and remove it from this machine."""
+    """Log out: revoke the saved token and delete it.
+
+    Only the profile's own login is removed (the default one, or --profile NAME).
+    """
     stored = credentials.load()
+    profile = credentials.active_profile()
+    shown = "" if profile == credentials.DEFAULT_PROFILE else f" (profile {profile})"
     if stored is None:
         if json_output:
-            print_json({"logged_out": False, "server": None, "revoked": False})
+            print_json({"logged_out": False, "server": None, "revoked": False, "profile": profile})
         else:
-            print_line("Not logged in.")
+            print_line(f"Not logged in{shown}.")
         return
     revoked = True
     try:
@@ -134,16 +146,18 @@ def logout(json_output: JsonOpt = False) -> None:
             api.request("POST", "/auth/logout")
     except CliError as exc:
         # An expired or already revoked token is as good as revoked.
-        if exc.message != NOT_LOGGED_IN:
+        if exc.message != not_logged_in():
             revoked = False
             print_warning(
                 f"could not revoke the token on the server ({exc.message}); removed it here anyway"
             )
     credentials.delete()
     if json_output:
-        print_json({"logged_out": True, "server": stored.server, "revoked": revoked})
+        print_json(
+            {"logged_out": True, "server": stored.server, "revoked": revoked, "profile": profile}
+        )
     else:
-        print_ok(f"Logged out of {stored.server}")
+        print_ok(f"Logged out of {stored.server}{shown}")
 
 
 def _credential_line(data: dict[str, Any]) -> str:
@@ -161,18 +175,20 @@ def _credential_line(data: dict[str, Any]) -> str:
 def whoami(
     server: ServerOpt = None, ca_file: CaFileOpt = None, json_output: JsonOpt = False
 ) -> None:
-    """Show your user, server, scopes and IP."""
+    """Show your user, profile, server, scopes and IP."""
     with open_client(server, ca_file) as api:
         data = api.get("/auth/whoami")
         url = api.server
+    profile = credentials.active_profile()
     if json_output:
-        print_json(data)
+        print_json({**data, "profile": profile})
         return
     user = data.get("user") or {}
     org = data.get("organization") or {}
     role = " (admin)" if user.get("is_admin") else ""
     print_line(f"{clean(user.get('email'))}{role}")
     rows = [
+        ("Profile", profile),
         ("Server", url),
         ("Organization", clean(org.get("name"))),
         ("Scopes", ", ".join(clean(s) for s in data.get("scopes") or []) or "-"),

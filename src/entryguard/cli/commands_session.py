@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-import typer
 from rich.cells import cell_len
 
 from entryguard.cli.options import CaFileOpt, JsonOpt, ServerOpt, examples, open_client
@@ -19,9 +18,10 @@ from entryguard.cli.output import (
     print_table,
     seconds_until,
 )
+from entryguard.cli.standalone import new_app
 from entryguard.cli.validation import duration_flag
 
-app = typer.Typer(help="Start, stop and inspect your access session.", no_args_is_help=True)
+app = new_app("Start, stop and inspect your access session.")
 
 NO_RESOURCES = "Your roles give you no resources yet: ask an EntryGuard admin to add you to a role."
 
@@ -84,9 +84,10 @@ DurationOpt = Annotated[
 
 
 @app.command(
+    short_help="Open your resources to your current IP for a while.",
     epilog=examples(
         "eg session start", "eg session start --duration 30m", "eg session start -d 1h30m"
-    )
+    ),
 )
 def start(
     duration: DurationOpt = "4",
@@ -132,7 +133,10 @@ def status_lines(data: dict[str, Any]) -> list[str]:
     return [*head, "", *resource_lines(data.get("resources") or [])]
 
 
-@app.command(epilog=examples("eg session status", "eg session status --json"))
+@app.command(
+    short_help="Show your session (IP, time left) and your resources.",
+    epilog=examples("eg session status", "eg session status --json"),
+)
 def status(
     server: ServerOpt = None, ca_file: CaFileOpt = None, json_output: JsonOpt = False
 ) -> None:

@@ -2,29 +2,28 @@
 
 Every failure leaves as one line on stderr and a non-zero exit code: :class:`CliError`
 from the commands (1), usage errors from Typer/Click (2), Ctrl-C (130). No traceback
-reaches the user.
+reaches the user. ``--profile NAME`` (``EG_PROFILE``) is accepted by every command,
+before or after the command's name, and picks which stored login to use.
 """
 
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
+from typing import Annotated, Any
 
 import typer
 
 from entryguard import __version__
 from entryguard.cli import commands_admin_access as access
 from entryguard.cli import commands_admin_directory as directory
-from entryguard.cli import commands_auth, commands_session
+from entryguard.cli import commands_auth, commands_session, credentials
 from entryguard.cli.commands_admin_commands import commands_app
 from entryguard.cli.commands_audit import audit
 from entryguard.cli.errors import CliError
 from entryguard.cli.options import examples
-from entryguard.cli.output import print_error, print_line
-
-try:
-    from typer._click import exceptions as click_errors
-except ImportError:  # Typer before it vendored Click
-    from click import exceptions as click_errors  # type: ignore[no-redef]
+from entryguard.cli.output import print_line
+from entryguard.cli.standalone import click_core, new_app, run_app, walk
 
 HELP = """EntryGuard: just-in-time access to private resources.
 
@@ -36,20 +35,14 @@ Log in, start a session, connect to your resources; the session ends by itself.
   eg resources
 
 The server and the token can also come from EG_SERVER and EG_TOKEN (a login token or an API key).
+--profile NAME (or EG_PROFILE) keeps a second login, say an admin and a user, side by
+side: `eg login --profile dev`, then `eg session start --profile dev`.
 """
 
-app = typer.Typer(
-    help=HELP,
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    add_completion=False,
-    rich_markup_mode=None,
-    context_settings={"help_option_names": ["-h", "--help"]},
-)
-admin_app = typer.Typer(
-    help="Admin commands (need an admin login or a key with the admin scope).",
+app = new_app(HELP)
+admin_app = new_app(
+    "Admin commands (need an admin login or a key with the admin scope).",
     short_help="Admin commands: users, roles, keys, resources, rules, audit…",
-    no_args_is_help=True,
 )
 
 app.command(
@@ -96,35 +89,68 @@ def _root(
     pass
 
 
-def _usage_line(exc: click_errors.UsageError) -> str:
-    where = exc.ctx.command_path if exc.ctx is not None else "eg"
-    return f"{exc.format_message()} (see `{where} --help`)"
+def _set_profile(value: str | None) -> str | None:
+    if value is not None:
+        try:
+            credentials.set_profile(value)
+        except CliError as exc:
+            raise typer.BadParameter(exc.message) from exc
+    return value
+
+
+PROFILE_HELP = "Use this stored login instead of the default one (e.g. an admin and a user)."
+
+
+def _profile_opt(from_env: bool) -> Any:
+    return typer.Option(
+        "--profile",
+        metavar="NAME",
+        envvar="EG_PROFILE" if from_env else None,
+        show_envvar=from_env,
+        is_eager=True,
+        callback=_set_profile,
+        help=PROFILE_HELP,
+    )
+
+
+RootProfileOpt = Annotated[str | None, _profile_opt(True)]
+ProfileOpt = Annotated[str | None, _profile_opt(False)]
+
+
+def _root_probe(profile: RootProfileOpt = None) -> None:
+    pass
+
+
+def _probe(profile: ProfileOpt = None) -> None:
+    pass
+
+
+def _profile_option(probe: Callable[..., None]) -> click_core.Parameter:
+    """``--profile NAME`` made by Typer itself (so it renders like every other option),
+    taken off a probe command; its value goes to :func:`credentials.set_profile`."""
+    probe_app = typer.Typer(add_completion=False)
+    probe_app.command()(probe)
+    (param,) = typer.main.get_command(probe_app).params
+    param.expose_value = False  # the commands themselves never see it
+    return param
+
+
+def add_profile_option(root: click_core.Command) -> None:
+    """``--profile NAME`` on every command, so it can go before or after the command name
+    (`eg --profile dev session start`, `eg session start --profile dev`). The root's also
+    reads EG_PROFILE; the one closest to the command wins."""
+    on_root, elsewhere = _profile_option(_root_probe), _profile_option(_probe)
+    for command in walk(root):
+        command.params.append(on_root if command is root else elsewhere)
 
 
 def run(args: list[str]) -> int:
     """Run ``eg`` with ``args``; return the exit code."""
-    command = typer.main.get_command(app)
+    credentials.set_profile(None)
     try:
-        rc = command.main(args=args, prog_name="eg", standalone_mode=False)
-    except click_errors.NoArgsIsHelpError as exc:
-        print_line(exc.ctx.get_help())
-        return 0
-    except click_errors.UsageError as exc:
-        print_error(_usage_line(exc))
-        return 2
-    except click_errors.ClickException as exc:
-        print_error(exc.format_message())
-        return exc.exit_code
-    except CliError as exc:
-        print_error(exc.message)
-        return exc.exit_code
-    except typer.Abort:
-        sys.stderr.write("\n")
-        return 130
-    except KeyboardInterrupt:
-        sys.stderr.write("\n")
-        return 130
-    return rc if isinstance(rc, int) else 0
+        return run_app(app, "eg", args, prepare=add_profile_option)
+    finally:
+        credentials.set_profile(None)
 
 
 def main() -> None:

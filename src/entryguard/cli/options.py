@@ -62,7 +62,12 @@ def open_client(server: str | None, ca_file: str | None) -> ApiClient:
         token, source = stored.token, "login"
     if token is None:
         where = "" if url == DEFAULT_SERVER else f" --server {url}"
-        raise CliError(f"not logged in to {url}: run `eg login{where}` (or set EG_TOKEN)")
+        profile = credentials.active_profile()
+        who = "" if profile == credentials.DEFAULT_PROFILE else f" with profile {profile}"
+        raise CliError(
+            f"not logged in to {url}{who}: run `eg login{credentials.profile_flag()}{where}` "
+            "(or set EG_TOKEN)"
+        )
     if ca_file is None and stored is not None and same_server:
         ca_file = stored.ca_file
     return ApiClient(url, token, token_source=source, ca_file=ca_file)
