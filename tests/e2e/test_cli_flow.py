@@ -529,3 +529,41 @@ def test_logout_revokes_the_token(world: World, tmp_path: Path) -> None:
     )
     assert r.status_code == 401
     assert eg.ok("logout") == "Not logged in.\n"
+
+
+def test_profiles_keep_admin_and_user_side_by_side(world: World, tmp_path: Path) -> None:
+    """`--profile NAME` (before or after the command) and EG_PROFILE pick a stored login;
+    the default profile is the plain credentials.json; logout removes only its own."""
+    eg = Eg(tmp_path)
+    login(eg, world.cp.url, world.cp.admin_email, world.cp.admin_password)
+    # A new profile logs in to the default login's server when --server is not given.
+    out = eg.ok(
+        "login", "--profile", "dev", "--email", DEV_EMAIL, "--password-stdin", stdin=DEV_PASSWORD
+    )
+    assert out.startswith(f"✓ Logged in to {world.cp.url} as {DEV_EMAIL} (profile dev)\n")
+    assert "Next: eg --profile dev session start" in out
+    for name in ("credentials.json", "credentials-dev.json"):
+        assert stat.S_IMODE((eg.config_dir / name).stat().st_mode) == 0o600
+    admin = eg.json("whoami")
+    assert admin["user"]["email"] == world.cp.admin_email and admin["profile"] == "default"
+    for args, env in [
+        (("--profile", "dev", "whoami"), {}),
+        (("whoami", "--profile", "dev"), {}),
+        (("whoami",), {"EG_PROFILE": "dev"}),
+        (("--profile", "default", "whoami", "--profile", "dev"), {}),  # the closest one wins
+    ]:
+        who = eg.json(*args, **env)
+        assert who["user"]["email"] == DEV_EMAIL and who["profile"] == "dev", args
+    assert "  Profile:       dev\n" in eg.ok("whoami", "--profile", "dev")
+    # Each identity keeps its own rights: dev starts a session, and is refused admin commands.
+    started = eg.ok("session", "start", "--duration", "30m", "--profile", "dev")
+    assert started.startswith("✓ Session started\n") and f":{world.port}" in started
+    assert_one_line_error(eg("--profile", "dev", "admin", "user", "list"), 1)
+    eg.ok("admin", "user", "list")
+    eg.ok("--profile", "dev", "session", "stop")
+    # Logging out of dev leaves the admin logged in.
+    assert "Logged out of" in eg.ok("logout", "--profile", "dev")
+    assert not (eg.config_dir / "credentials-dev.json").exists()
+    assert_one_line_error(eg("whoami", "--profile", "dev"), 1, "eg login --profile dev")
+    assert eg.json("whoami")["user"]["email"] == world.cp.admin_email
+    assert_one_line_error(eg("whoami", "--profile", "../x"), 2, "invalid profile name")

@@ -229,3 +229,33 @@ def test_usage_errors_exit_2_in_one_line(capsys: pytest.CaptureFixture[str]) -> 
     assert run(["admin", "rule", "add", "--help"]) == 0
     out = capsys.readouterr().out
     assert "--allow-any" in out and "Examples:" in out
+
+
+def test_profiles_are_files_beside_the_default(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("EG_CONFIG_DIR", str(tmp_path))
+    monkeypatch.delenv("EG_PROFILE", raising=False)
+    admin = credentials.Credentials(server="http://h:1", token="egs_a", email="admin@x")
+    dev = credentials.Credentials(server="http://h:1", token="egs_d", email="dev@x")
+    # A login saved before profiles existed is the default profile, unchanged.
+    (tmp_path / "credentials.json").write_text(
+        json.dumps({"server": "http://h:1", "token": "egs_a", "email": "admin@x"})
+    )
+    try:
+        assert credentials.load() == admin
+        credentials.set_profile("dev")
+        assert credentials.load() is None
+        assert credentials.save(dev) == tmp_path / "credentials-dev.json"
+        assert credentials.load() == dev and credentials.load("default") == admin
+        assert credentials.delete() and credentials.load() is None
+        assert credentials.load("default") == admin
+        credentials.set_profile(None)
+        monkeypatch.setenv("EG_PROFILE", "ops")
+        assert credentials.active_profile() == "ops"
+        assert credentials.credentials_path() == tmp_path / "credentials-ops.json"
+        for bad in ["../x", "a/b", "", ".hidden", "x" * 65, "a b"]:
+            with pytest.raises(UsageError):
+                credentials.set_profile(bad)
+    finally:
+        credentials.set_profile(None)
