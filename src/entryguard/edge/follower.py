@@ -17,21 +17,18 @@ from typing import Any
 import httpx
 
 from entryguard.edge.state import EdgeState
+from entryguard.sync.changes import ChangeError, ChangeRow
 
 log = logging.getLogger("entryguard.edge.sync")
 
 
-def batches(changes: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
-    """Consecutive rows grouped by the transaction that wrote them (``batch``; a row
-    without one is a batch of its own)."""
-    out: list[list[dict[str, Any]]] = []
-    last: object = object()
+def batches(changes: list[ChangeRow]) -> list[list[ChangeRow]]:
+    """Consecutive rows grouped by the transaction that wrote them."""
+    out: list[list[ChangeRow]] = []
     for ch in changes:
-        key = ch.get("batch", ch["revision"])
-        if not out or key != last:
+        if not out or out[-1][-1].batch != ch.batch:
             out.append([])
         out[-1].append(ch)
-        last = key
     return out
 
 
@@ -64,10 +61,13 @@ class ControlPlaneFollower:
         self.connected = False
         self.last_contact = 0.0
         self.last_error: str | None = None
+        # What this edge could not apply (bad rows); shown on /health while any stand.
+        self.problems: list[str] = []
+        self.bad_changes_total = 0
 
     @property
     def degraded(self) -> bool:
-        return not self.connected
+        return not self.connected or bool(self.problems)
 
     async def close(self) -> None:
         await self._client.aclose()
@@ -75,7 +75,10 @@ class ControlPlaneFollower:
     async def _snapshot(self) -> None:
         r = await self._client.get("/snapshot")
         self._raise_for(r)
-        self.state.load_snapshot(r.json())
+        problems = self.state.load_snapshot(r.json())
+        for p in problems:
+            log.error("snapshot row skipped: %s", p)
+        self.problems = problems  # a clean snapshot clears earlier problems
         log.info(
             "snapshot loaded at revision %d: %d tunnel(s), %d agent(s)",
             self.state.revision,
@@ -114,21 +117,56 @@ class ControlPlaneFollower:
                     need_snapshot = True
                     continue
                 self._raise_for(r)
-                for batch in batches(r.json()["changes"]):
-                    self.state.apply_batch(batch)
+                need_snapshot = self._apply(r.json()["changes"])
                 if self.after_apply is not None:
                     await self.after_apply()
                 self._mark_ok()
                 backoff = 0.5
             except asyncio.CancelledError:
                 raise
-            except (httpx.HTTPError, OSError, ValueError, KeyError) as exc:
+            except (httpx.HTTPError, OSError) as exc:
                 if self.connected or self.last_error != str(exc):
                     log.warning("control plane unreachable (%s); keeping the last known state", exc)
                 self.connected = False
                 self.last_error = str(exc)
                 await asyncio.sleep(backoff * (0.5 + random.random()))
                 backoff = min(backoff * 2, 10.0)
+            except (ChangeError, ValueError, KeyError, TypeError) as exc:
+                # An answer this edge cannot use (a snapshot that does not parse): the
+                # state in force stays, the problem is reported, and a fresh snapshot is
+                # tried after a pause. Never "unreachable", never retried in a tight loop.
+                self._report(f"unusable answer from the control plane: {exc}")
+                need_snapshot = True
+                await asyncio.sleep(backoff * (0.5 + random.random()))
+                backoff = min(backoff * 2, 10.0)
+
+    def _apply(self, rows: list[Any]) -> bool:
+        """Apply whole batches; True when a row could not be parsed.
+
+        Everything before the bad row's batch is applied; the bad batch and what
+        follows are left to a fresh snapshot, which is the authority and whose revision
+        is past the bad row, so the edge moves on instead of retrying it forever.
+        """
+        parsed: list[ChangeRow] = []
+        bad_batch: object = None
+        for raw in rows:
+            try:
+                parsed.append(ChangeRow.parse(raw))
+            except ChangeError as exc:
+                rev = raw.get("revision") if isinstance(raw, dict) else None
+                bad_batch = raw.get("batch", rev) if isinstance(raw, dict) else rev
+                self.bad_changes_total += 1
+                self._report(f"change at revision {rev} cannot be applied: {exc}")
+                break
+        if bad_batch is not None:
+            parsed = [c for c in parsed if c.batch != bad_batch]
+        for batch in batches(parsed):
+            self.state.apply_batch(batch)
+        return bad_batch is not None
+
+    def _report(self, problem: str) -> None:
+        log.error("%s; resyncing from a fresh snapshot", problem)
+        self.problems = [*self.problems[-9:], problem]
 
     def _mark_ok(self) -> None:
         if not self.connected:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -13,18 +12,13 @@ from entryguard.control.db.models import ApiKey, EdgeToken, User, utcnow
 from entryguard.control.errors import BadRequest, Conflict, NotFound
 from entryguard.control.services.journal import audit, iso, log_change
 from entryguard.control.services.validation import check_name
+from entryguard.sync.changes import AgentRemove, AgentUpsert
 
 SCOPES = ("agent:connect", "admin", "sessions")
 
 
-def agent_data(k: ApiKey, name: str | None = None) -> dict[str, Any]:
-    return {
-        "key_id": k.id,
-        "name": name or k.name,
-        "prefix": k.prefix,
-        "key_sha256": k.key_hash,
-        "expires_at": iso(k.expires_at),
-    }
+def agent_data(k: ApiKey, name: str | None = None) -> AgentUpsert:
+    return AgentUpsert(k.id, name or k.name, k.prefix, k.key_hash, iso(k.expires_at))
 
 
 async def get_key(s: AsyncSession, name: str) -> ApiKey:
@@ -66,7 +60,7 @@ async def create_key(
     s.add(k)
     await s.flush()
     if "agent:connect" in clean:
-        await log_change(s, "agent.upsert", agent_data(k))
+        await log_change(s, agent_data(k))
     await audit(
         s,
         actor,
@@ -83,7 +77,7 @@ async def revoke_key(s: AsyncSession, name: str, actor: str) -> ApiKey:
     if k.revoked_at is None:
         k.revoked_at = utcnow()
         if "agent:connect" in k.scope_list:
-            await log_change(s, "agent.remove", {"key_id": k.id})
+            await log_change(s, AgentRemove(k.id))
         await audit(s, actor, "apikey.revoke", name, org_id=k.org_id)
     return k
 

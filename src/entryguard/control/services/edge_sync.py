@@ -21,6 +21,7 @@ from entryguard.control.services.apikeys import agent_data
 from entryguard.control.services.grants import grant_data
 from entryguard.control.services.journal import iso
 from entryguard.control.services.resources import tunnel_data
+from entryguard.sync.changes import payload_json
 
 log = logging.getLogger("entryguard.sync")
 
@@ -67,9 +68,9 @@ async def snapshot(s: AsyncSession) -> dict[str, Any]:
     return {
         "revision": revision,
         "server_time": iso(utcnow()),
-        "tunnels": [tunnel_data(r) for r in tunnels],
-        "agents": [agent_data(k) for k in keys if "agent:connect" in k.scope_list],
-        "grants": [grant_data(g) for g in grants],
+        "tunnels": [payload_json(tunnel_data(r)) for r in tunnels],
+        "agents": [payload_json(agent_data(k)) for k in keys if "agent:connect" in k.scope_list],
+        "grants": [payload_json(grant_data(g)) for g in grants],
     }
 
 

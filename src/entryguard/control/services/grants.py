@@ -10,7 +10,6 @@ two grants for the same /32, and the first one's stop must not revoke the second
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -25,17 +24,11 @@ from entryguard.control.db.models import (
     User,
 )
 from entryguard.control.services.journal import iso, log_change
+from entryguard.sync.changes import GrantAdd, GrantRemove
 
 
-def grant_data(g: Grant) -> dict[str, Any]:
-    return {
-        "id": g.id,
-        "resource_id": g.resource_id,
-        "cidr": g.cidr,
-        "source": g.source,
-        "source_id": g.source_id,
-        "expires_at": iso(g.expires_at),
-    }
+def grant_data(g: Grant) -> GrantAdd:
+    return GrantAdd(g.id, g.resource_id, g.cidr, g.source, g.source_id, iso(g.expires_at))
 
 
 async def _same_cidr_grants(s: AsyncSession, resource_id: int, cidr: str) -> int:
@@ -81,7 +74,7 @@ async def add_grant(
     )
     s.add(g)
     await s.flush()
-    await log_change(s, "grant.add", grant_data(g))
+    await log_change(s, grant_data(g))
     if first:
         _queue(s, resource, "apply", cidr, description)
     return g
@@ -92,9 +85,7 @@ async def remove_grant(
 ) -> None:
     await s.delete(g)
     await s.flush()
-    await log_change(
-        s, "grant.remove", {"id": g.id, "resource_id": g.resource_id, "reason": reason}
-    )
+    await log_change(s, GrantRemove(g.id, g.resource_id, reason))
     if resource.type == "script" and await _same_cidr_grants(s, resource.id, g.cidr) == 0:
         _queue(s, resource, "revoke", g.cidr, description)
 
@@ -161,7 +152,7 @@ async def move_session_grants(s: AsyncSession, old: Session, new: Session) -> in
         g.source_id = new.id
         g.expires_at = new.expires_at
         await s.flush()
-        await log_change(s, "grant.add", grant_data(g))
+        await log_change(s, grant_data(g))
     return len(grants)
 
 

@@ -16,6 +16,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from entryguard.control.db.models import AuditEvent, Change, utcnow
+from entryguard.sync.changes import Payload, payload_json
 
 GENESIS = "0" * 64
 
@@ -116,13 +117,14 @@ async def verify_chain(s: AsyncSession, batch: int = 2000) -> ChainCheck:
     return ChainCheck(True, checked, None, f"audit chain intact ({checked} events)")
 
 
-async def log_change(s: AsyncSession, op: str, data: dict[str, Any]) -> int:
+async def log_change(s: AsyncSession, payload: Payload) -> int:
     """Append one change-log row. Every row of one transaction carries the same batch
     number (the first row's revision): edges apply a batch whole and only then cut the
     connections the new state no longer covers, so a grant that is removed and re-added
     (or moved to a new session) in one transaction cuts nobody."""
     batch = s.info.get("batch")
-    ch = Change(op=op, data=json.dumps(data, sort_keys=True, default=_json_default), batch=batch)
+    data = json.dumps(payload_json(payload), sort_keys=True)
+    ch = Change(op=payload.op.value, data=data, batch=batch)
     s.add(ch)
     await s.flush()
     if batch is None:
@@ -130,12 +132,6 @@ async def log_change(s: AsyncSession, op: str, data: dict[str, Any]) -> int:
     s.info["changed"] = True  # the caller notifies followers after commit
     s.info["revision"] = ch.revision
     return ch.revision
-
-
-def _json_default(o: Any) -> Any:
-    if isinstance(o, datetime):
-        return iso(o)
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
 def iso(dt: datetime | None) -> str | None:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -14,17 +12,12 @@ from entryguard.control.services.grants import reconcile_users, remove_grant
 from entryguard.control.services.journal import audit, log_change
 from entryguard.control.services.validation import check_name, check_text
 from entryguard.control.settings import PortRange
+from entryguard.sync.changes import TunnelRemove, TunnelUpsert
 
 
-def tunnel_data(r: Resource) -> dict[str, Any]:
-    return {
-        "id": r.id,
-        "name": r.name,
-        "port": r.port,
-        "agent_key_id": r.agent_key_id,
-        "target_host": r.target_host,
-        "target_port": r.target_port,
-    }
+def tunnel_data(r: Resource) -> TunnelUpsert:
+    assert r.port is not None and r.agent_key_id is not None, "a tunnel has a port and an agent"
+    return TunnelUpsert(r.id, r.name, r.port, r.agent_key_id, r.target_host, r.target_port)
 
 
 async def get_resource(s: AsyncSession, name: str) -> Resource:
@@ -100,7 +93,7 @@ async def create_resource(
     s.add(r)
     await s.flush()
     if type_ == "tunnel":
-        await log_change(s, "tunnel.upsert", tunnel_data(r))
+        await log_change(s, tunnel_data(r))
     await audit(
         s,
         actor,
@@ -137,7 +130,7 @@ async def delete_resource(s: AsyncSession, r: Resource, actor: str) -> None:
         ).scalars()
     )
     if r.type == "tunnel":
-        await log_change(s, "tunnel.remove", {"id": r.id})
+        await log_change(s, TunnelRemove(r.id))
     await audit(s, actor, "resource.delete", r.name, details={"port": r.port}, org_id=r.org_id)
     await s.delete(r)
     await s.flush()
