@@ -6,6 +6,7 @@ import asyncio
 import json
 import time
 
+import pytest
 from sqlalchemy import func, select, text
 
 from entryguard.control.db.models import AgentCommand, AuditEvent, Change, Grant
@@ -191,6 +192,30 @@ async def test_spoofed_forwarded_for_ignored_from_untrusted_peer(api: Api) -> No
         headers={"X-Forwarded-For": "198.51.100.1, 203.0.113.8"},
     )
     assert out["session"]["ip"] == "203.0.113.8"
+
+
+@pytest.mark.parametrize(
+    "poison",
+    ["fe80::1%eth0", "[2001:db8::1]", "203.0.113.9:4444", "not-an-ip", "010.0.0.1", "1.2.3.4/8"],
+)
+async def test_a_forwarded_value_that_is_not_a_plain_ip_is_ignored(api: Api, poison: str) -> None:
+    """From a trusted proxy, a zone id, brackets, a port or garbage never becomes a
+    grant: the socket peer is used, and the edge's stream stays parseable."""
+    await setup_tunnel(api)
+    tok = await api.make_user("dev@example.com")
+    await api.ok("POST", "/admin/roles/developers/users", json={"email": "dev@example.com"})
+    out = await api.ok(
+        "POST",
+        "/sessions",
+        tok,
+        json={"duration": "1h"},
+        source="127.0.0.9",
+        headers={"X-Forwarded-For": f"198.51.100.1, {poison}"},
+    )
+    assert out["session"]["ip"] == "127.0.0.9"
+    async with api.db.read() as s:
+        cidrs = [g.cidr for g in (await s.execute(select(Grant))).scalars()]
+    assert cidrs == ["127.0.0.9/32"]
 
 
 async def test_concurrent_session_starts_leave_one_active(api: Api) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import logging
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -14,7 +15,9 @@ from entryguard.control.db.database import Database
 from entryguard.control.db.models import ApiKey, utcnow
 from entryguard.control.errors import Unauthorized
 from entryguard.control.settings import Settings
-from entryguard.net import normalize_ip
+from entryguard.net import CidrError, normalize_ip, parse_ip
+
+log = logging.getLogger("entryguard.control")
 
 
 @dataclass
@@ -81,6 +84,7 @@ def client_ip(request: Request) -> str:
     def trusted(a: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
         return any(a.version == n.version and a in n for n in settings.trusted_proxies)
 
+    peer_ip = ip
     if not trusted(ip):
         return str(ip)
     hops = [
@@ -90,9 +94,17 @@ def client_ip(request: Request) -> str:
     ]
     for hop in reversed(hops):
         try:
-            addr = normalize_ip(ipaddress.ip_address(hop))
-        except ValueError:
-            break  # garbage in the chain: stop believing it
+            # Strict: a plain address only. A zone id (fe80::1%eth0), brackets, a port or
+            # garbage would otherwise become a session's grant that no edge can parse.
+            addr = parse_ip(hop)
+        except CidrError:
+            log.warning(
+                "ignoring X-Forwarded-For from %s: %r is not a plain IP address; "
+                "using the socket peer",
+                peer,
+                hop[:64],
+            )
+            return str(peer_ip)
         if not trusted(addr):
             return str(addr)
         ip = addr

@@ -23,7 +23,9 @@ from entryguard.control.db.models import (
     Session,
     User,
 )
+from entryguard.control.errors import BadRequest
 from entryguard.control.services.journal import iso, log_change
+from entryguard.net import CidrError, parse_cidr
 from entryguard.sync.changes import GrantAdd, GrantRemove
 
 
@@ -64,6 +66,14 @@ async def add_grant(
     expires_at: datetime | None,
     description: str,
 ) -> Grant:
+    # One canonical form from request to edge: a grant the edge could not parse is
+    # refused here, before it reaches the change log.
+    try:
+        canonical = str(parse_cidr(cidr, allow_any=True))
+    except CidrError as exc:
+        raise BadRequest(f"cannot grant {cidr!r}: {exc}", code="invalid_cidr") from exc
+    if canonical != cidr:
+        raise BadRequest(f"grant CIDR {cidr!r} is not canonical ({canonical})", code="invalid_cidr")
     first = resource.type == "script" and await _same_cidr_grants(s, resource.id, cidr) == 0
     g = Grant(
         resource_id=resource.id,
