@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import secrets
+import shutil
 import socket
 import ssl
 import subprocess
@@ -19,6 +21,39 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 PG_ADMIN_URL = os.environ.get("EG_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+# The test prerequisites (README, "Two commands"). Locally a test whose tool is missing
+# is skipped; in CI (CI=true: .ci/run exports it, as CI services do) it fails, so a run
+# that silently tested less cannot pass.
+INSTALL_HINTS = {
+    "psql": "apt-get install postgresql-client",
+    "redis-cli": "apt-get install redis-tools",
+    "nginx": "apt-get install nginx-light",
+    "chromium": "apt-get install chromium",
+    "uvloop": "pip install -e '.[dev]'",
+}
+
+
+def require_tool(name: str, *, path: str | None = None, module: bool = False) -> None:
+    """Skip the calling test (or fixture) when ``name`` is missing; fail it under CI=true.
+
+    ``name`` is a command on PATH, or the file ``path`` when given, or with ``module`` a
+    Python package to import.
+    """
+    if module:
+        present = importlib.util.find_spec(name) is not None
+    elif path is not None:
+        present = Path(path).exists()
+    else:
+        present = shutil.which(name) is not None
+    if present:
+        return
+    what = path or name
+    hint = INSTALL_HINTS.get(name, 'see the README\'s "Two commands"')
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{what} is required in CI ({hint}; .ci/run installs it)", pytrace=False)
+    pytest.skip(f"{what} is missing ({hint}; .ci/run installs it)")
 
 
 def free_port(host: str = "127.0.0.1") -> int:

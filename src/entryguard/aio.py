@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import ctypes.util
+import signal
 import sys
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -39,6 +41,22 @@ def tune_allocator() -> bool:
     mmap_ok: bool = mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1
     trim_ok: bool = mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1
     return mmap_ok and trim_ok
+
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+def on_stop_signals(stop: Callable[[int], None]) -> None:
+    """Call ``stop(signum)`` on the running loop for each SIGTERM (what systemd sends)
+    and SIGINT (Ctrl-C), instead of dying with the signal or raising KeyboardInterrupt
+    wherever the loop happens to be: the caller shuts down gracefully and exits 0.
+
+    Does nothing where the loop cannot own signals (Windows, a thread other than main).
+    """
+    loop = asyncio.get_running_loop()
+    for sig in STOP_SIGNALS:
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(sig, stop, sig)
 
 
 def run(coro: Coroutine[Any, Any, T]) -> T:

@@ -22,11 +22,10 @@ from playwright.async_api import (
 )
 
 from entryguard.control.db.database import sqlite_url_for
-from tests.conftest import ROOT
+from tests.conftest import ROOT, require_tool
 from tests.integration.conftest import ADMIN, ADMIN_PW, Api, serve_api
 
 CHROMIUM = os.environ.get("EG_CHROMIUM", "/usr/bin/chromium")
-HAVE_CHROMIUM = Path(CHROMIUM).exists()
 SCREENSHOTS = ROOT / "test-output" / "screenshots"
 CHROMIUM_ARGS = [
     "--no-sandbox",
@@ -55,8 +54,7 @@ async def api(tmp_path: Path) -> AsyncIterator[Api]:
 
 @pytest_asyncio.fixture(loop_scope="module", scope="module")
 async def browser() -> AsyncIterator[Browser]:
-    if not HAVE_CHROMIUM:
-        pytest.skip(f"{CHROMIUM} is missing: apt-get install chromium (.ci/run does)")
+    require_tool("chromium", path=CHROMIUM)
     async with async_playwright() as pw:
         b = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:

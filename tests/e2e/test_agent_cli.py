@@ -12,7 +12,6 @@ import contextlib
 import json
 import os
 import re
-import shutil
 import signal
 import stat
 import subprocess
@@ -33,6 +32,7 @@ from tests.conftest import (
     make_control_plane,
     pg_create_database,
     pg_drop_database,
+    require_tool,
 )
 from tests.e2e.test_cli_flow import Eg, assert_one_line_error, login
 
@@ -422,10 +422,10 @@ def hand_tunnel(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Itera
             _api(stack, "DELETE", "/sessions/current", user)
 
 
-@pytest.mark.skipif(shutil.which("psql") is None, reason="psql is installed by .ci/run")
 def test_a_hand_added_tunnel_section_works_like_init_tunnel(
     stack: Stack, hand_tunnel: HandTunnel
 ) -> None:
+    require_tool("psql")
     ht = hand_tunnel
     assert "tunnel:\n  enabled: true\n" in ht.init.stdout
     assert ht.config.read_text().count("tunnel:") == 1  # init wrote none; ours is the one
@@ -469,10 +469,10 @@ def _backends_running(marker: str) -> int:
     return int(r.stdout.strip())
 
 
-@pytest.mark.skipif(shutil.which("psql") is None, reason="psql is installed by .ci/run")
 def test_sigterm_stops_the_agent_within_5s_and_closes_live_streams(
     stack: Stack, hand_tunnel: HandTunnel
 ) -> None:
+    require_tool("psql")
     ht = hand_tunnel
     ht.wait_log(f"[tunnel] connected to edge at {stack.cp.edge_url}", 20)
     marker = "eg-agent-sigterm-live-stream"

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -19,7 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import BIN, ROOT, free_port, make_control_plane
+from tests.conftest import BIN, ROOT, free_port, make_control_plane, require_tool
 from tests.e2e import targets
 from tests.e2e.tunnel_env import Stack, connect, wait_until
 
@@ -328,8 +327,8 @@ def test_a_failed_apply_is_listed_with_output_and_a_retry_runs_it(st: ScriptStac
     assert rev["action"] == "revoke" and "flaky: revoked" in rev["output"]
 
 
-@pytest.mark.skipif(shutil.which("nginx") is None, reason="nginx is not installed")
 def test_nginx_example_admits_and_refuses_real_requests(st: ScriptStack) -> None:
+    require_tool("nginx")
     conf_dir = st.nginx_conf.parent
     conf_dir.mkdir()
     (conf_dir / "allowlist.conf").touch()

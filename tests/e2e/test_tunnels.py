@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -16,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import BIN, make_control_plane
+from tests.conftest import BIN, make_control_plane, require_tool
 from tests.e2e import targets
 from tests.e2e.tunnel_env import Stack, connect, wait_until
 
@@ -144,8 +143,8 @@ def test_ip_without_grant_gets_nothing(stack: Stack) -> None:
         assert "entryguard_edge_rejections_total" in metrics
 
 
-@pytest.mark.skipif(shutil.which("psql") is None, reason="psql is installed by .ci/run")
 def test_psql_query_and_50mb_copy_byte_identical(stack: Stack) -> None:
+    require_tool("psql")
     port = stack.tunnel(unique("pg"), "127.0.0.1", 5432)
     wait_targets(stack, "127.0.0.1:5432")
     tok = stack.user(f"{unique('u')}@example.com", "127.0.0.1")
@@ -164,8 +163,8 @@ def test_psql_query_and_50mb_copy_byte_identical(stack: Stack) -> None:
     stack.stop_session(tok)
 
 
-@pytest.mark.skipif(shutil.which("psql") is None, reason="psql is installed by .ci/run")
 def test_session_stop_cuts_a_running_query_within_1s(stack: Stack) -> None:
+    require_tool("psql")
     port = stack.tunnel(unique("pg-stop"), "127.0.0.1", 5432)
     wait_targets(stack, "127.0.0.1:5432")
     email = f"{unique('u')}@example.com"
@@ -201,8 +200,8 @@ def test_session_stop_cuts_a_running_query_within_1s(stack: Stack) -> None:
     assert again.returncode != 0
 
 
-@pytest.mark.skipif(shutil.which("redis-cli") is None, reason="redis-cli is installed by .ci/run")
 def test_redis_cli_through_a_tunnel(stack: Stack) -> None:
+    require_tool("redis-cli")
     port = stack.tunnel(unique("redis"), "127.0.0.1", 6379)
     wait_targets(stack, "127.0.0.1:6379")
     tok = stack.user(f"{unique('u')}@example.com", "127.0.0.1")

@@ -20,7 +20,7 @@ from entryguard.control.services.apikeys import create_edge_token
 from entryguard.edge.service import Edge
 from entryguard.mux import FrameType, ResetCode
 from entryguard.mux import frames as F
-from tests.conftest import free_port
+from tests.conftest import free_port, require_tool
 from tests.integration.conftest import Api, serve_api
 
 
@@ -312,7 +312,9 @@ def test_relayed_sockets_have_nodelay_on_both_sides(tmp_path: Path, loop: str) -
     for every TCP transport); a small write must never wait for Nagle. And the link's
     fast frame path is in use on both ends."""
     if loop == "uvloop":
-        uvloop = pytest.importorskip("uvloop")
+        require_tool("uvloop", module=True)
+        import uvloop
+
         flags = uvloop.run(_relay_sockets_have_nodelay(tmp_path))
     else:
         flags = asyncio.run(_relay_sockets_have_nodelay(tmp_path))

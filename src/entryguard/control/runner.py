@@ -6,13 +6,16 @@ import asyncio
 import contextlib
 import logging
 import os
+import signal
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Generator
 from pathlib import Path
+from typing import Any
 
 import uvicorn
 from rich.console import Console
 
+from entryguard import aio
 from entryguard.control.app import create_app
 from entryguard.control.bootstrap import FirstAdmin, migrate_and_bootstrap
 from entryguard.control.db.database import Database
@@ -44,15 +47,32 @@ async def local_edge_token(db: Database, data_dir: Path) -> str:
 
 
 class _Server(uvicorn.Server):
-    """Runs ``before_shutdown`` (stop the local edge, answer the edges' open long-polls)
+    """Runs ``before_shutdown`` (answer the edges' open long-polls, stop the local edge)
     once it stops accepting: otherwise the long-polls outlive the graceful shutdown and
-    are cancelled with a traceback."""
+    are cancelled with a traceback.
+
+    Signals are ours, not uvicorn's: ``run_control_plane`` routes SIGTERM and SIGINT to
+    ``request_stop`` through the event loop. uvicorn (0.29+) would otherwise replace
+    those handlers for the duration of ``serve()`` and re-raise the signal once it
+    returns, so a clean stop by systemd would still end with status -15.
+    """
 
     def __init__(
         self, config: uvicorn.Config, before_shutdown: Callable[[], Awaitable[None]]
     ) -> None:
         super().__init__(config)
         self._before_shutdown = before_shutdown
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield
+
+    def request_stop(self, sig: int) -> None:
+        """What uvicorn's own handler does: the first signal stops gracefully, a second
+        Ctrl-C stops without waiting for open requests."""
+        if self.should_exit and sig == signal.SIGINT:
+            self.force_exit = True
+        self.should_exit = True
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         for server in self.servers:
@@ -133,8 +153,28 @@ async def run_control_plane(
     # Bind first: a taken port must fail before a first start creates (and would
     # never show) the admin's generated password.
     sock = bind_socket(host, port, "--listen")
+    # SIGTERM/SIGINT from here on stop gracefully (see _Server); one that arrives before
+    # the server exists is remembered.
+    server: _Server | None = None
+    early_signals: list[int] = []
+
+    def on_signal(sig: int) -> None:
+        if server is None:
+            early_signals.append(sig)
+        else:
+            server.request_stop(sig)
+
+    aio.on_stop_signals(on_signal)
     db = Database(settings.database_url)
-    first = await migrate_and_bootstrap(db, settings.database_url)
+    try:
+        first = await migrate_and_bootstrap(db, settings.database_url)
+    except BaseException:
+        await db.dispose()
+        raise
+    if early_signals:
+        sock.close()
+        await db.dispose()
+        return
     app = create_app(settings, db)
     scheme = "https" if tls else "http"
     shown_host = f"[{host}]" if ":" in host else host
@@ -150,49 +190,74 @@ async def run_control_plane(
         ssl_keyfile=tls[1] if tls else None,
         proxy_headers=False,  # X-Forwarded-For is handled by our trusted-proxy logic
         server_header=False,
-        # Edges' long-polls would hold a graceful shutdown for up to 25 s.
+        # Long-polls are answered at shutdown (close_polls); this bounds anything else.
         timeout_graceful_shutdown=2,
     )
-    tasks: list[asyncio.Task[None]] = []
+    # The local edge, and the task starting it: cancelled when the server shuts down.
+    tasks: list[asyncio.Task[Any]] = []
 
     async def stop_edge_and_polls() -> None:
+        # Edges' and agents' long-polls answer now rather than at their timeout.
+        app.state.notifier.close_polls()
         for t in tasks:
             t.cancel()
         if tasks:
-            await asyncio.wait(tasks, timeout=5)
-        app.state.notifier.close_polls()
+            await asyncio.wait(tasks, timeout=3)
 
     server = _Server(config, stop_edge_and_polls)
     serve = asyncio.create_task(server.serve(sockets=[sock]), name="control-plane")
-    while not server.started:
-        if serve.done():
-            await serve  # raises the bind error
-            raise SystemExit(1)
-        await asyncio.sleep(0.02)
-    api_url = f"{scheme}://{shown_host}:{sock.getsockname()[1]}"
-    edge_url = None
-    if with_edge:
-        token = await local_edge_token(db, settings.data_dir)
-        try:
-            from entryguard.edge.service import start_local_edge
-        except ImportError:
-            log.warning("the edge is not available in this build; running the control plane only")
-        else:
-            edge_task, edge_url = await start_local_edge(
-                control_url=api_url,
-                edge_token=token,
-                listen=edge_listen,
-                settings=settings,
-                tls=tls,
-            )
-            tasks.append(edge_task)
-    if banner:
-        print_banner(first, api_url, edge_url, settings)
     try:
+        while not server.started:
+            if serve.done():
+                await serve  # raises the bind error
+                raise SystemExit(1)
+            await asyncio.sleep(0.02)
+        api_url = f"{scheme}://{shown_host}:{sock.getsockname()[1]}"
+        # The edge starts while the API serves (it follows it), so a stop signal during
+        # its start-up (waiting for the first sync) must not wait for it: race the two.
+        starting = asyncio.create_task(
+            _start_edge(db, settings, api_url, edge_listen, tls, tasks) if with_edge else _none(),
+            name="edge-start",
+        )
+        tasks.append(starting)
+        await asyncio.wait([serve, starting], return_when=asyncio.FIRST_COMPLETED)
+        if starting.done() and not starting.cancelled() and not server.should_exit:
+            edge_url = starting.result()  # raises the edge's bind error
+            if banner:
+                print_banner(first, api_url, edge_url, settings)
         await serve
     finally:
+        if not serve.done():  # the edge failed to start
+            server.should_exit = True
+            with contextlib.suppress(Exception):
+                await serve
         for t in tasks:
             t.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
         await db.dispose()
+
+
+async def _none() -> str | None:
+    return None
+
+
+async def _start_edge(
+    db: Database,
+    settings: Settings,
+    api_url: str,
+    edge_listen: str,
+    tls: tuple[str, str] | None,
+    tasks: list[asyncio.Task[None]],
+) -> str | None:
+    token = await local_edge_token(db, settings.data_dir)
+    try:
+        from entryguard.edge.service import start_local_edge
+    except ImportError:
+        log.warning("the edge is not available in this build; running the control plane only")
+        return None
+    edge_task, edge_url = await start_local_edge(
+        control_url=api_url, edge_token=token, listen=edge_listen, settings=settings, tls=tls
+    )
+    tasks.append(edge_task)
+    return edge_url

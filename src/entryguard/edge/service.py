@@ -307,21 +307,28 @@ class Edge:
             return False
 
     async def close(self) -> None:
-        if self.server is not None:
-            self.server.close()
-        for link in list(self.links.values()):
-            with contextlib.suppress(Exception):
-                await link.ws.close(1001, "edge shutting down")
-        for conns in self.conns.values():
-            for c in list(conns):
-                c.abort(ResetCode.INTERNAL, "edge shutting down")
-        for lst in list(self.listeners.values()):
-            await lst.stop()
+        """Stop: live tunnel connections are reset (the client sees a TCP RST, not a
+        connection left hanging), agent links get close code 1001 (going away)."""
+        # Following the control plane first: no tunnel opens or closes from here on.
         for t in self._tasks:
             t.cancel()
         for t in self._tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
+        for lst in list(self.listeners.values()):
+            if lst.server is not None:
+                lst.server.close()  # no new tunnel connections from here on
+        for conns in list(self.conns.values()):
+            for c in list(conns):
+                c.abort(ResetCode.INTERNAL, "edge shutting down")
+        if self.server is not None:
+            # Closes every agent link with 1001 at once, each waiting at most
+            # close_timeout for its agent's answer.
+            self.server.close(code=1001, reason="edge shutting down")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.server.wait_closed(), 3)
+        for lst in list(self.listeners.values()):
+            await lst.stop()
         await self.follower.close()
 
     @property
@@ -348,7 +355,11 @@ async def start_local_edge(
         verify = ssl.create_default_context(cafile=str(ca)) if ca.exists() else False
     edge = Edge(control_url, edge_token, tunnel_host=host, verify=verify)
     await edge.start(host, port, ssl_context=ssl_ctx, sock=sock)
-    await edge.wait_synced(10)
+    try:
+        await edge.wait_synced(10)
+    except BaseException:  # cancelled: the server is stopping while the edge starts
+        await edge.close()
+        raise
 
     async def run() -> None:
         try:

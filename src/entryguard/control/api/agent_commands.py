@@ -57,7 +57,7 @@ async def next_command(
         if cmd is not None:
             return {"command": commands.agent_command_view(cmd)}
         left = deadline - time.monotonic()
-        if left <= 0:
+        if left <= 0 or notifier.closing:  # the server is stopping: answer now
             return {"command": None}
         await notifier.wait(min(left, RECHECK_SECONDS))
 

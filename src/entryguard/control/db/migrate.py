@@ -7,6 +7,8 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
+from alembic.util.exc import CommandError
+from sqlalchemy.exc import SQLAlchemyError
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -28,5 +30,20 @@ def upgrade(url: str, revision: str = "head") -> None:
     raise RuntimeError("call upgrade_async() from async code")
 
 
+class SchemaTooNew(SQLAlchemyError):
+    """The database was migrated by a newer entryguard than this one."""
+
+
 async def upgrade_async(url: str, revision: str = "head") -> None:
-    await asyncio.to_thread(command.upgrade, alembic_config(url), revision)
+    """Migrate to ``revision``. Replicas that start together are safe: env.py holds an
+    advisory lock for the whole migration (PostgreSQL), so the second one waits, then
+    finds the schema current."""
+    try:
+        await asyncio.to_thread(command.upgrade, alembic_config(url), revision)
+    except CommandError as exc:
+        if "Can't locate revision" in str(exc):
+            raise SchemaTooNew(
+                f"the database schema is newer than this entryguard knows ({exc}): "
+                "upgrade entryguard on this host to the version the other replicas run"
+            ) from exc
+        raise

@@ -5,11 +5,14 @@ from __future__ import annotations
 import asyncio
 
 from alembic import context
+from sqlalchemy import text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from entryguard.control.db.database import async_url
 from entryguard.control.db.models import Base
+
+MIGRATION_LOCK_KEY = 0x45474D47  # "EGMG"
 
 config = context.config
 target_metadata = Base.metadata
@@ -23,6 +26,10 @@ def _run(connection: Connection) -> None:
         compare_type=True,
     )
     with context.begin_transaction():
+        if connection.dialect.name == "postgresql":
+            # Replicas started together on an empty database: one migrates, the others
+            # wait here and then find the schema current (released at commit).
+            connection.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": MIGRATION_LOCK_KEY})
         context.run_migrations()
 
 
