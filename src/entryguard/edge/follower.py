@@ -10,12 +10,12 @@ import asyncio
 import logging
 import random
 import ssl
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import httpx
 
+from entryguard.clock import SYSTEM, Clock
 from entryguard.edge.state import EdgeState
 from entryguard.sync.changes import ChangeError, ChangeRow
 
@@ -41,7 +41,9 @@ class ControlPlaneFollower:
         *,
         verify: ssl.SSLContext | str | bool = True,
         poll_wait: float = 25.0,
+        clock: Clock = SYSTEM,
     ) -> None:
+        self.clock = clock
         base = control_url.rstrip("/")
         if not base.endswith("/api/v1"):
             base += "/api/v1"
@@ -63,7 +65,7 @@ class ControlPlaneFollower:
         self.last_error: str | None = None
         # What this edge could not apply (bad rows); shown on /health while any stand.
         self.problems: list[str] = []
-        self.bad_changes_total = 0
+        self.bad_changes = 0  # counted in the edge's metrics
 
     @property
     def degraded(self) -> bool:
@@ -78,7 +80,9 @@ class ControlPlaneFollower:
         problems = self.state.load_snapshot(r.json())
         for p in problems:
             log.error("snapshot row skipped: %s", p)
-        self.problems = problems  # a clean snapshot clears earlier problems
+        # A clean snapshot clears earlier problems; /health names what still stands
+        # without echoing the rows' contents (they are in the log).
+        self.problems = [f"{len(problems)} snapshot row(s) skipped"] if problems else []
         log.info(
             "snapshot loaded at revision %d: %d tunnel(s), %d agent(s)",
             self.state.revision,
@@ -135,7 +139,8 @@ class ControlPlaneFollower:
                 # An answer this edge cannot use (a snapshot that does not parse): the
                 # state in force stays, the problem is reported, and a fresh snapshot is
                 # tried after a pause. Never "unreachable", never retried in a tight loop.
-                self._report(f"unusable answer from the control plane: {exc}")
+                log.error("unusable answer from the control plane: %s", exc)
+                self._report("the control plane's answer could not be used")
                 need_snapshot = True
                 await asyncio.sleep(backoff * (0.5 + random.random()))
                 backoff = min(backoff * 2, 10.0)
@@ -155,8 +160,9 @@ class ControlPlaneFollower:
             except ChangeError as exc:
                 rev = raw.get("revision") if isinstance(raw, dict) else None
                 bad_batch = raw.get("batch", rev) if isinstance(raw, dict) else rev
-                self.bad_changes_total += 1
-                self._report(f"change at revision {rev} cannot be applied: {exc}")
+                self.bad_changes += 1
+                log.error("change at revision %s cannot be applied: %s", rev, exc)
+                self._report(f"change at revision {rev} could not be applied")
                 break
         if bad_batch is not None:
             parsed = [c for c in parsed if c.batch != bad_batch]
@@ -165,7 +171,7 @@ class ControlPlaneFollower:
         return bad_batch is not None
 
     def _report(self, problem: str) -> None:
-        log.error("%s; resyncing from a fresh snapshot", problem)
+        log.warning("%s: resyncing from a fresh snapshot", problem)
         self.problems = [*self.problems[-9:], problem]
 
     def _mark_ok(self) -> None:
@@ -175,5 +181,5 @@ class ControlPlaneFollower:
             )
         self.connected = True
         self.last_error = None
-        self.last_contact = time.time()
+        self.last_contact = self.clock.time()
         self.synced.set()

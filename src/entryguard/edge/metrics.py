@@ -19,6 +19,8 @@ class EdgeMetrics:
     """Bytes from agents relayed to clients."""
     protocol_errors_total: int = 0
     """Mux protocol errors (stream- or connection-scoped)."""
+    bad_changes_total: int = 0
+    """Change-log rows the edge could not apply (each followed by a fresh snapshot)."""
 
     def render(
         self, gauges: dict[str, tuple[str, float]], live: dict[str, int] | None = None

@@ -13,7 +13,7 @@ import json
 import logging
 import os
 import ssl
-import time
+from collections.abc import Coroutine
 from http import HTTPStatus
 from typing import Any
 
@@ -23,11 +23,13 @@ from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
 from entryguard import __version__
+from entryguard.clock import SYSTEM, Clock
 from entryguard.edge.follower import ControlPlaneFollower
 from entryguard.edge.listeners import ClientStream, TunnelListener
 from entryguard.edge.metrics import EdgeMetrics
 from entryguard.edge.state import AgentCredential, EdgeState, Tunnel
 from entryguard.mux import MuxConnection, ResetCode
+from entryguard.net.allowlist import ip_of
 from entryguard.relay.link import EdgeServerConnection, MuxLink
 
 log = logging.getLogger("entryguard.edge")
@@ -37,6 +39,7 @@ log = logging.getLogger("entryguard.edge")
 PING_INTERVAL = float(os.environ.get("EG_EDGE_PING_INTERVAL", "10"))
 PING_TIMEOUT = float(os.environ.get("EG_EDGE_PING_TIMEOUT", "15"))
 PROTOCOL_VERSION = 1
+MAX_EXPIRY_SLEEP = 30.0
 
 
 def _plain(status: int, body: str, content_type: str = "application/json") -> Response:
@@ -59,23 +62,26 @@ class Edge:
         tunnel_host: str = "127.0.0.1",
         verify: ssl.SSLContext | str | bool = True,
         poll_wait: float = 25.0,
+        clock: Clock = SYSTEM,
     ) -> None:
+        self.clock = clock
         self.state = EdgeState()
         self.metrics = EdgeMetrics()
         self.follower = ControlPlaneFollower(
-            self.state, control_url, edge_token, verify=verify, poll_wait=poll_wait
+            self.state, control_url, edge_token, verify=verify, poll_wait=poll_wait, clock=clock
         )
         self.tunnel_host = tunnel_host
         self.listeners: dict[int, TunnelListener] = {}
         self.links: dict[int, MuxLink] = {}  # agent key id -> link
         self.link_names: dict[int, str] = {}
         self.conns: dict[int, set[ClientStream]] = {}  # tunnel id -> live client connections
-        self._tasks: list[asyncio.Task[Any]] = []
+        self._tasks: set[asyncio.Task[Any]] = set()
         self._starting: list[asyncio.Task[None]] = []
         self.follower.after_apply = self._settle
-        self._expiry_wake = asyncio.Event()
+        self._expiry_timer: asyncio.TimerHandle | None = None
+        self._expiry_rearm: asyncio.Handle | None = None
         self.server: Server | None = None
-        self.started_at = time.time()
+        self.started_at = clock.time()
         st = self.state
         st.on_tunnel_added = self._tunnel_added
         st.on_tunnel_removed = self._tunnel_removed
@@ -89,7 +95,7 @@ class Edge:
         lst = TunnelListener(self, t)
         self.listeners[t.id] = lst
         self._starting.append(asyncio.get_running_loop().create_task(lst.start(self.tunnel_host)))
-        self._expiry_wake.set()
+        self._schedule_expiry()
 
     async def _settle(self) -> None:
         """Wait for listeners opened by the changes just applied (see follower.after_apply)."""
@@ -102,25 +108,21 @@ class Edge:
         for c in list(self.conns.pop(t.id, ())):
             c.revoke()
         if lst is not None:
-            self._tasks.append(asyncio.get_running_loop().create_task(lst.stop()))
+            self._spawn(lst.stop(), f"stop-listener-{t.port}")
 
     def _enforce(self, t: Tunnel) -> None:
         """Cut every live connection on this tunnel that no remaining grant covers."""
-        now = time.time()
-        from entryguard.net.allowlist import ip_of
-
+        now = self.clock.time()
         for c in list(self.conns.get(t.id, ())):
             if not t.allow.covers(ip_of(c.ip), now):
                 c.revoke()
-        self._expiry_wake.set()
+        self._schedule_expiry()
 
     def _agent_removed(self, key_id: int) -> None:
         link = self.links.get(key_id)
         if link is not None:
             log.info("agent key %d was revoked: closing its link", key_id)
-            self._tasks.append(
-                asyncio.get_running_loop().create_task(link.ws.close(4003, "credential revoked"))
-            )
+            self._spawn(link.ws.close(4003, "credential revoked"), f"close-agent-{key_id}")
 
     def _tunnels_changed(self, key_id: int) -> None:
         link = self.links.get(key_id)
@@ -130,22 +132,48 @@ class Edge:
 
     # --- expiry on the edge's clock ------------------------------------------------
 
-    async def _expiry_loop(self) -> None:
-        while True:
-            now = time.time()
-            nxt = None
-            for t in self.state.tunnels.values():
-                if t.allow.expired(now):
-                    for e in t.allow.expired(now):
-                        t.allow.remove(e.grant_id)
-                    self._enforce(t)
-                ne = t.allow.next_expiry()
-                if ne is not None and (nxt is None or ne < nxt):
-                    nxt = ne
-            delay = 1.0 if nxt is None else max(0.0, min(1.0, nxt - time.time()))
-            self._expiry_wake.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._expiry_wake.wait(), timeout=delay + 0.001)
+    def expire_due(self) -> None:
+        """Drop every grant past its expiry on the edge's clock and cut what they
+        covered; then arm the timer for the next expiry. The timer calls this; tests
+        call it after moving a fake clock."""
+        now = self.clock.time()
+        for t in self.state.tunnels.values():
+            gone = t.allow.expired(now)
+            if gone:
+                for e in gone:
+                    t.allow.remove(e.grant_id)
+                self._enforce(t)
+        self._arm_expiry()
+
+    def _schedule_expiry(self) -> None:
+        """Re-arm once per loop iteration, however many tunnels a batch touched."""
+        if self._expiry_rearm is None:
+            self._expiry_rearm = asyncio.get_running_loop().call_soon(self._arm_expiry)
+
+    def _arm_expiry(self) -> None:
+        self._expiry_rearm = None
+        if self._expiry_timer is not None:
+            self._expiry_timer.cancel()
+            self._expiry_timer = None
+        due = [n for t in self.state.tunnels.values() if (n := t.allow.next_expiry()) is not None]
+        if not due:
+            return
+        loop = asyncio.get_running_loop()
+        # The loop's timer runs on monotonic time and expiry is wall time: re-check at
+        # least every MAX_EXPIRY_SLEEP so a stepped wall clock cannot delay a cut long.
+        delay = min(max(0.0, min(due) - self.clock.time()), MAX_EXPIRY_SLEEP)
+        self._expiry_timer = loop.call_at(loop.time() + delay, self.expire_due)
+
+    def _spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> None:
+        """A background task the edge owns: kept until done, cancelled by close()."""
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("edge task %s failed: %r", task.get_name(), task.exception())
 
     # --- HTTP: /health, /metrics, and the agent endpoint's checks ----------------------
 
@@ -154,8 +182,10 @@ class Edge:
         body = {
             "status": "degraded" if degraded else "ok",
             "version": __version__,
+            # Why it is degraded, in the edge's own words (details are in its log).
+            "problems": list(self.follower.problems),
             "control_plane": {
-                "connected": not degraded,
+                "connected": self.follower.connected,
                 "last_contact": self.follower.last_contact or None,
                 "error": self.follower.last_error,
                 "revision": self.state.revision,
@@ -168,6 +198,7 @@ class Edge:
 
     def metrics_text(self) -> str:
         live = [c for conns in self.conns.values() for c in conns]
+        self.metrics.bad_changes_total = self.follower.bad_changes
         return self.metrics.render(
             {
                 "agents_connected": ("Agents with a live WebSocket", float(len(self.links))),
@@ -181,6 +212,10 @@ class Edge:
                     0.0 if self.follower.degraded else 1.0,
                 ),
                 "revision": ("Applied change-log revision", float(self.state.revision)),
+                "sync_problems": (
+                    "Unapplied changes or skipped snapshot rows standing now",
+                    float(len(self.follower.problems)),
+                ),
             },
             live={
                 "bytes_to_agent_total": sum(c.bytes_up for c in live),
@@ -196,7 +231,7 @@ class Edge:
             return _plain(
                 401, json.dumps({"error": {"code": "unauthorized", "message": "missing API key"}})
             )
-        cred = self.state.verify_agent(secret.strip(), time.time())
+        cred = self.state.verify_agent(secret.strip(), self.clock.time())
         if cred is None:
             log.warning(
                 "agent connection refused: API key %s… is unknown, revoked, expired or lacks agent:connect",
@@ -279,9 +314,7 @@ class Edge:
     async def start(
         self, host: str, port: int, *, ssl_context: ssl.SSLContext | None = None, sock: Any = None
     ) -> None:
-        loop = asyncio.get_running_loop()
-        self._tasks.append(loop.create_task(self.follower.run(), name="edge-follower"))
-        self._tasks.append(loop.create_task(self._expiry_loop(), name="edge-expiry"))
+        self._spawn(self.follower.run(), "edge-follower")
         kw: dict[str, Any] = {"sock": sock} if sock is not None else {"host": host, "port": port}
         self.server = await websockets.serve(
             self._agent_handler,
@@ -310,9 +343,13 @@ class Edge:
         """Stop: live tunnel connections are reset (the client sees a TCP RST, not a
         connection left hanging), agent links get close code 1001 (going away)."""
         # Following the control plane first: no tunnel opens or closes from here on.
-        for t in self._tasks:
+        for h in (self._expiry_timer, self._expiry_rearm):
+            if h is not None:
+                h.cancel()
+        tasks = list(self._tasks)
+        for t in tasks:
             t.cancel()
-        for t in self._tasks:
+        for t in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
         for lst in list(self.listeners.values()):
