@@ -23,15 +23,9 @@ from entryguard.agent.config import (
     parse_config,
 )
 from entryguard.cli.output import one_line
-from entryguard.cli.standalone import run_app
+from entryguard.cli.standalone import new_app, run_app
 
-app = typer.Typer(
-    help="The EntryGuard agent: tunnels to private targets, and your apply/revoke scripts.",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    add_completion=False,
-    context_settings={"help_option_names": ["-h", "--help"]},
-)
+app = new_app("The EntryGuard agent: tunnels to private targets, and your apply/revoke scripts.")
 # Whole lines (no wrapping at 80 columns when piped), nothing read as Rich markup.
 out = Console(highlight=False, soft_wrap=True, markup=False, emoji=False)
 err = Console(stderr=True, highlight=False, soft_wrap=True, markup=False, emoji=False)
@@ -39,7 +33,10 @@ err = Console(stderr=True, highlight=False, soft_wrap=True, markup=False, emoji=
 ConfigOpt = Annotated[
     Path | None,
     typer.Option(
-        "--config", "-c", help="Config file (default: /etc/eg-agent/config.yml or EG_AGENT_CONFIG)."
+        "--config",
+        "-c",
+        metavar="PATH",
+        help="Config file (default: /etc/eg-agent/config.yml or EG_AGENT_CONFIG).",
     ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts instead of text.")]
@@ -69,27 +66,44 @@ def version(json_output: JsonOpt = False) -> None:
     out.print(f"eg-agent {__version__}")
 
 
-@app.command()
+@app.command(short_help="Write a config file (mode 0600), asking for what is missing.")
 def init(
     config: ConfigOpt = None,
     server_url: Annotated[
-        str | None, typer.Option(help="Control plane URL, e.g. https://entryguard.example.com")
+        str | None,
+        typer.Option(
+            "--server-url",
+            metavar="URL",
+            help="Control plane URL, e.g. https://entryguard.example.com",
+        ),
     ] = None,
     api_key: Annotated[
-        str | None, typer.Option(help="API key with the agent:connect scope (eg_…).")
+        str | None,
+        typer.Option(
+            "--api-key", metavar="KEY", help="API key with the agent:connect scope (eg_…)."
+        ),
     ] = None,
-    name: Annotated[str | None, typer.Option(help="Agent name shown to admins.")] = None,
+    name: Annotated[
+        str | None, typer.Option("--name", metavar="NAME", help="Agent name shown to admins.")
+    ] = None,
     tunnel: Annotated[bool, typer.Option("--tunnel", help="Enable tunnel mode.")] = False,
     edge_url: Annotated[
-        str | None, typer.Option(help="Edge address (ws:// or wss://) for tunnel mode.")
+        str | None,
+        typer.Option(
+            "--edge-url", metavar="URL", help="Edge address (ws:// or wss://) for tunnel mode."
+        ),
     ] = None,
     scripts_dir: Annotated[
         list[str],
         typer.Option(
-            "--scripts-dir", help="Allowed script directory (repeatable); enables script mode."
+            "--scripts-dir",
+            metavar="DIR",
+            help="Allowed script directory (repeatable); enables script mode.",
         ),
     ] = [],  # noqa: B006
-    force: Annotated[bool, typer.Option(help="Overwrite an existing config file.")] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="Overwrite an existing config file.")
+    ] = False,
     json_output: JsonOpt = False,
 ) -> None:
     """Write a config file (mode 0600), asking for what is missing when on a terminal.
@@ -228,7 +242,7 @@ def _require_mode(cfg: AgentConfig, path: Path) -> None:
         )
 
 
-@app.command()
+@app.command(short_help="Validate the config, reach the control plane and the edge.")
 def check(config: ConfigOpt = None, json_output: JsonOpt = False) -> None:
     """Validate the config, reach the control plane and (in tunnel mode) the edge."""
     from entryguard.agent.checks import run_checks
@@ -269,7 +283,9 @@ def check(config: ConfigOpt = None, json_output: JsonOpt = False) -> None:
 @app.command()
 def run(
     config: ConfigOpt = None,
-    log_level: Annotated[str, typer.Option(help="debug, info, warning")] = "info",
+    log_level: Annotated[
+        str, typer.Option("--log-level", metavar="LEVEL", help="debug, info or warning.")
+    ] = "info",
 ) -> None:
     """Run the agent in the foreground (systemd runs this)."""
     from entryguard.agent.runtime import run_agent
