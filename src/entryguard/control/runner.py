@@ -13,11 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import uvicorn
-from rich.console import Console
 
 from entryguard import aio
 from entryguard.control.app import create_app
-from entryguard.control.bootstrap import FirstAdmin, migrate_and_bootstrap
+from entryguard.control.banner import print_banner
+from entryguard.control.bootstrap import migrate_and_bootstrap
 from entryguard.control.db.database import Database
 from entryguard.control.services.apikeys import create_edge_token
 from entryguard.control.settings import Settings
@@ -101,42 +101,6 @@ def bind_socket(host: str, port: int, flag: str) -> socket.socket:
         ) from exc
     sock.setblocking(False)
     return sock
-
-
-def print_banner(
-    first: FirstAdmin | None, api_url: str, edge_url: str | None, settings: Settings
-) -> None:
-    c = Console(highlight=False, soft_wrap=True)
-    c.print(f"[bold green]✓ EntryGuard is running[/bold green]  (data in {settings.data_dir})")
-    c.print(f"  API + dashboard  {api_url}   (REST under {api_url}/api/v1)")
-    if edge_url:
-        c.print(f"  Edge             {edge_url}   (tunnel ports {settings.tunnel_ports})")
-    if first is not None:
-        c.print()
-        c.print("[bold]First start: an admin was created[/bold]")
-        c.print(f"  email     {first.email}")
-        if first.password:
-            c.print(f"  password  {first.password}   [yellow](shown once: store it now)[/yellow]")
-        else:
-            c.print("  password  from EG_ADMIN_PASSWORD")
-    c.print()
-    c.print("Next steps:")
-    c.print(f"  eg login --server {api_url} --email {first.email if first else 'admin@localhost'}")
-    c.print("  eg admin apikey create prod-agent --scope agent:connect")
-    c.print(
-        "  eg admin resource create production-db --type tunnel --agent prod-agent --target 10.0.1.50:5432"
-    )
-    c.print(
-        "  eg admin role create developers && eg admin role add-resource developers production-db"
-    )
-    c.print(f"  eg admin role add-user developers {first.email if first else 'admin@localhost'}")
-    c.print(
-        f"  eg-agent init --server-url {api_url} --tunnel --edge-url "
-        + (edge_url or "ws://127.0.0.1:8081")
-        + "   # on the private network"
-    )
-    c.print("  eg session start --duration 4")
-    c.print()
 
 
 async def run_control_plane(
