@@ -142,6 +142,15 @@ def _signin_page(
     return response
 
 
+@router.get("/login")
+async def login_alias(next: str | None = None) -> RedirectResponse:
+    """``/login`` is where people guess the sign-in page is: send them there (with ``next``)."""
+    target = "/signin"
+    if next is not None:
+        target += f"?next={quote(safe_next(next), safe='')}"
+    return RedirectResponse(target, status_code=303)
+
+
 @router.get("/signin")
 async def signin_form(request: Request, next: str | None = None) -> Response:
     if await session_principal(request) is not None:

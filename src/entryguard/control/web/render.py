@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -13,6 +14,7 @@ from urllib.parse import quote, unquote
 from fastapi import Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
+from markupsafe import Markup, escape
 
 from entryguard import __version__
 from entryguard.control.api.deps import ctx
@@ -69,6 +71,15 @@ def plain(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value)
 
 
+_BREAK_AFTER = re.compile(r"([./:@])")
+
+
+def breaks(value: Any) -> Markup:
+    """Host names, addresses and paths that may wrap after ``. / : @`` (a ``<wbr>`` there),
+    so a long connection string wraps between its parts rather than mid-word."""
+    return Markup(_BREAK_AFTER.sub(r"\1<wbr>", str(escape(value))))
+
+
 def _env() -> Environment:
     env = Environment(
         loader=FileSystemLoader(TEMPLATES),
@@ -81,6 +92,7 @@ def _env() -> Environment:
     env.filters["remaining"] = remaining
     env.filters["duration"] = format_duration
     env.filters["plain"] = plain
+    env.filters["breaks"] = breaks
     env.globals["version"] = __version__
     return env
 

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse, Response
+from sqlalchemy import func, select
 
 from entryguard.control.api import me as me_api
 from entryguard.control.api.deps import client_ip, ctx, edges_apply
 from entryguard.control.auth.principal import Principal
+from entryguard.control.db.models import RoleUser
 from entryguard.control.errors import ApiError
 from entryguard.control.services import sessions
 from entryguard.control.services.grants import user_resources
@@ -25,6 +27,11 @@ async def _home(request: Request, p: Principal, form: FormState, status: int = 2
         sess = await sessions.active_session(s, p.user.id)
         resources = [resource_view(r, c.settings) for r in await user_resources(s, p.user.id)]
         cap = await sessions.max_duration_for(s, p.user, c.settings)
+        roles = (
+            await s.execute(
+                select(func.count()).select_from(RoleUser).where(RoleUser.user_id == p.user.id)
+            )
+        ).scalar_one()
     return render_page(
         request,
         "home.html",
@@ -34,6 +41,7 @@ async def _home(request: Request, p: Principal, form: FormState, status: int = 2
         status=status,
         session=session_view(sess, p.user.email) if sess else None,
         resources=resources,
+        in_a_role=bool(roles),
         max_duration=format_duration(cap),
         your_ip=client_ip(request),
         form=form,
