@@ -522,7 +522,12 @@ def test_logout_revokes_the_token(world: World, tmp_path: Path) -> None:
     eg = Eg(tmp_path)
     login(eg, world.cp.url, DEV_EMAIL, DEV_PASSWORD)
     token = json.loads((eg.config_dir / "credentials.json").read_text())["token"]
-    assert eg.json("logout") == {"logged_out": True, "server": world.cp.url, "revoked": True}
+    assert eg.json("logout") == {
+        "logged_out": True,
+        "server": world.cp.url,
+        "revoked": True,
+        "profile": "default",
+    }
     assert not (eg.config_dir / "credentials.json").exists()
     r = httpx.get(
         f"{world.cp.url}/api/v1/auth/whoami", headers={"Authorization": f"Bearer {token}"}
