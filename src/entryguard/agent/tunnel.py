@@ -28,6 +28,7 @@ from entryguard.mux import MuxConnection, ResetCode
 from entryguard.net import IPNetwork, normalize_ip
 from entryguard.relay.link import AgentClientConnection, MuxLink
 from entryguard.relay.stream import SocketStream
+from entryguard.relay.tasks import TaskSet
 
 log = logging.getLogger("entryguard.agent")
 
@@ -58,7 +59,6 @@ class TargetStream(SocketStream):
         super().connection_made(transport)
         # OPENED goes out before any byte the target sends (server-first protocols
         # greet at once), then the early data that waited for the dial is written.
-        assert self.stream_id is not None
         self.link.mux.send_opened(self.stream_id)
         self.link.kick()
         self.attach()
@@ -83,6 +83,7 @@ class TunnelClient:
         self._refresh = asyncio.Event()
         self._draining = False
         self.idle = asyncio.Event()  # set whenever the last open stream closes
+        self._dials = TaskSet(log)  # one per stream until its target answers
 
     # --- targets ---------------------------------------------------------------------
 
@@ -145,7 +146,7 @@ class TunnelClient:
         stream = TargetStream(link, stream_id, self)
         link.register(stream_id, stream)
         self.streams.add(stream)
-        asyncio.get_running_loop().create_task(self._dial(stream, target))
+        self._dials.spawn(self._dial(stream, target), name=f"dial-{stream_id}")
 
     async def _dial(self, stream: TargetStream, target: TunnelTarget) -> None:
         try:
@@ -177,9 +178,10 @@ class TunnelClient:
                     )
                     break
                 except asyncio.CancelledError:
-                    if not expired:
+                    # Only the timer's own cancel is swallowed: a shutdown's cancel
+                    # landing in the same turn leaves the count above zero.
+                    if not expired or task.uncancel():
                         raise
-                    task.uncancel()
                     last = TimeoutError(f"no answer within {DIAL_TIMEOUT:g} s")
                 except OSError as exc:
                     last = exc
@@ -282,6 +284,8 @@ class TunnelClient:
             await link.run()
         finally:
             self.link = None
+            # The link reset every stream as it closed: dials still running serve none.
+            await self._dials.close()
 
     async def drain(self, timeout: float) -> None:
         """SIGTERM: accept no new streams, let open ones finish for up to ``timeout``,

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 from entryguard.mux import MuxError, ResetCode
 from entryguard.net.allowlist import ip_of
+from entryguard.relay.link import MuxLink
 from entryguard.relay.sockets import abort_with_rst, peer_ip
 from entryguard.relay.stream import SocketStream
 
@@ -21,70 +22,24 @@ log = logging.getLogger("entryguard.edge")
 
 
 class ClientStream(SocketStream):
-    """A user's TCP connection on a tunnel port."""
+    """A user's admitted TCP connection on a tunnel port, relayed over its agent's link."""
 
-    def __init__(self, edge: Edge, tunnel: Tunnel) -> None:
+    def __init__(
+        self, edge: Edge, tunnel: Tunnel, link: MuxLink, stream_id: int, ip: str, port: int
+    ) -> None:
+        super().__init__(link, stream_id)
         self.edge = edge
         self.tunnel = tunnel
-        self.ip = ""
-        self.port = 0
-        self.admitted = False
+        self.ip = ip
+        self.port = port
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        host, self.port = peer_ip(transport)
-        edge, tunnel = self.edge, self.tunnel
-        try:
-            ip = ip_of(host)
-        except ValueError:
-            abort_with_rst(transport)
-            return
-        self.ip = str(ip)
-        if not tunnel.allow.covers(ip, time.time()):
-            # Not admitted: a reset and not a single byte.
-            edge.metrics.rejections_total += 1
-            log.info(
-                "rejected %s on %s (port %d): no grant covers this IP",
-                self.ip,
-                tunnel.name,
-                tunnel.port,
-            )
-            abort_with_rst(transport)
-            return
-        link = edge.links.get(tunnel.agent_key_id)
-        if link is None:
-            edge.metrics.rejections_total += 1
-            log.info("reset %s on %s: its agent is not connected", self.ip, tunnel.name)
-            abort_with_rst(transport)
-            return
-        SocketStream.__init__(self, link)
         super().connection_made(transport)
-        try:
-            self.stream_id = link.mux.open_stream(
-                tunnel.id, f"{self.ip}:{self.port}", time.monotonic()
-            )
-        except MuxError as exc:
-            edge.metrics.rejections_total += 1
-            log.warning("reset %s on %s: %s", self.ip, tunnel.name, exc)
-            abort_with_rst(transport)
-            return
-        link.register(self.stream_id, self)
-        link.kick()
-        self.admitted = True
+        self.link.register(self.stream_id, self)
+        self.link.kick()  # the OPEN goes out now, ahead of the client's first bytes
+        edge = self.edge
         edge.metrics.connections_total += 1
-        edge.conns.setdefault(tunnel.id, set()).add(self)
-
-    def data_received(self, data: bytes) -> None:
-        if self.admitted:
-            super().data_received(data)
-
-    def eof_received(self) -> bool:
-        if self.admitted:
-            return super().eof_received()
-        return False
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self.admitted:
-            super().connection_lost(exc)
+        edge.conns.setdefault(self.tunnel.id, set()).add(self)
 
     def on_closed(self) -> None:
         conns = self.edge.conns.get(self.tunnel.id)
@@ -100,6 +55,61 @@ class ClientStream(SocketStream):
         self.abort(ResetCode.REVOKED, "access revoked")
 
 
+class Admission(asyncio.Protocol):
+    """What every connection on a tunnel port starts as.
+
+    asyncio builds a connection's protocol before anyone knows the peer, so the
+    decision is taken here, in ``connection_made``, before the transport reads a byte:
+    a refused connection is reset (SO_LINGER 0) without a byte either way, an admitted
+    one is handed to a ``ClientStream`` whose stream is already open on the link.
+    """
+
+    __slots__ = ("edge", "tunnel")
+
+    def __init__(self, edge: Edge, tunnel: Tunnel) -> None:
+        self.edge = edge
+        self.tunnel = tunnel
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        stream = self._admit(transport)
+        if stream is None:
+            abort_with_rst(transport)
+            return
+        transport.set_protocol(stream)
+        stream.connection_made(transport)
+
+    def _admit(self, transport: asyncio.BaseTransport) -> ClientStream | None:
+        """The relay for this connection, or None (logged and counted) to refuse it."""
+        host, port = peer_ip(transport)
+        edge, tunnel = self.edge, self.tunnel
+        try:
+            ip = ip_of(host)
+        except ValueError:
+            return None
+        ip_text = str(ip)
+        if not tunnel.allow.covers(ip, time.time()):
+            edge.metrics.rejections_total += 1
+            log.info(
+                "rejected %s on %s (port %d): no grant covers this IP",
+                ip_text,
+                tunnel.name,
+                tunnel.port,
+            )
+            return None
+        link = edge.links.get(tunnel.agent_key_id)
+        if link is None:
+            edge.metrics.rejections_total += 1
+            log.info("reset %s on %s: its agent is not connected", ip_text, tunnel.name)
+            return None
+        try:
+            stream_id = link.mux.open_stream(tunnel.id, f"{ip_text}:{port}", time.monotonic())
+        except MuxError as exc:
+            edge.metrics.rejections_total += 1
+            log.warning("reset %s on %s: %s", ip_text, tunnel.name, exc)
+            return None
+        return ClientStream(edge, tunnel, link, stream_id, ip_text, port)
+
+
 class TunnelListener:
     def __init__(self, edge: Edge, tunnel: Tunnel) -> None:
         self.edge = edge
@@ -111,7 +121,7 @@ class TunnelListener:
         tunnel = self.tunnel
         try:
             self.server = await loop.create_server(
-                lambda: ClientStream(self.edge, tunnel),
+                lambda: Admission(self.edge, tunnel),
                 host,
                 tunnel.port,
                 reuse_address=True,

@@ -46,6 +46,7 @@ from entryguard.mux import (
     StreamReset,
     WindowUpdated,
 )
+from entryguard.relay.tasks import TaskSet
 from entryguard.relay.wsframes import FrameSplitter, MaskKeys, binary_frames
 
 log = logging.getLogger("entryguard.relay")
@@ -73,6 +74,7 @@ class FastDelivery:
 
     on_binary: Callable[[Any], None] | None = None
     _splitter: FrameSplitter | None = None
+    _tasks: TaskSet | None = None  # closes it started; made on first use, as that is rare
 
     def data_received(self, data: bytes) -> None:
         if self._splitter is not None:
@@ -125,11 +127,16 @@ class FastDelivery:
                 ws: Any = self
                 if self._splitter is not None:
                     self._splitter.passthrough = True
-                asyncio.get_running_loop().create_task(
-                    ws.close(1003, "binary single-frame messages only")
-                )
+                if self._tasks is None:
+                    self._tasks = TaskSet(log)
+                self._tasks.spawn(ws.close(1003, "binary single-frame messages only"))
                 return
         super().process_event(event)  # type: ignore[misc]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)  # type: ignore[misc]
+        if self._tasks is not None:
+            self._tasks.cancel()  # a close in progress has nothing left to wait for
 
 
 class EdgeServerConnection(FastDelivery, ServerConnection):
@@ -162,6 +169,7 @@ class MuxLink:
         self.bytes_in = 0
         self.bytes_out = 0
         self.protocol_errors = 0
+        self._tasks = TaskSet(log)
         # RFC 6455 §5.3: a client masks every frame it sends, a server none.
         self._mask_keys = MaskKeys() if ws.protocol.side is Side.CLIENT else None
 
@@ -239,6 +247,7 @@ class MuxLink:
             for t in (writer, timer):
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await t
+            await self._tasks.close()
             self.closed.set()
             handlers = list(self.streams.values())
             self.streams.clear()
@@ -252,7 +261,7 @@ class MuxLink:
         if self.mux.closed:
             # Flush the CONTROL error frame, then close cleanly.
             self.kick()
-            asyncio.get_running_loop().create_task(self.ws.close(1002, "protocol error"))
+            self._tasks.spawn(self.ws.close(1002, "protocol error"), name=f"{self.name}-close")
             return
         self.kick()
 
