@@ -42,6 +42,7 @@ class ControlPlaneFollower:
         verify: ssl.SSLContext | str | bool = True,
         poll_wait: float = 25.0,
         clock: Clock = SYSTEM,
+        transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.clock = clock
         base = control_url.rstrip("/")
@@ -55,6 +56,7 @@ class ControlPlaneFollower:
             headers={"Authorization": f"Bearer {edge_token}"},
             timeout=httpx.Timeout(10.0, read=poll_wait + 10),
             verify=verify,
+            transport=transport,  # tests: an in-memory control plane
         )
         self.synced = asyncio.Event()
         # Awaited after applying a batch and before asking for more: the next poll's
