@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 
+from entryguard.errors import Invalid
+
 # A bare number means hours (``eg session start --duration 4``). Units may be
 # combined in descending order; each part is a plain decimal integer, so
 # ``1e309``, ``nan``, ``-1`` and ``inf`` never reach float().
@@ -13,8 +15,10 @@ _SECONDS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
 MAX_SECONDS = 366 * 86400
 
 
-class DurationError(ValueError):
+class DurationError(Invalid, ValueError):
     """Not a valid duration."""
+
+    code = "invalid_duration"
 
 
 def parse_duration(text: str | int, *, bare_unit: str = "h") -> int:

@@ -217,8 +217,8 @@ def edge_token_create(
 ) -> None:
     """Create an edge token (printed once) for `entryguard edge --edge-token`."""
     from entryguard.control.db.migrate import upgrade_async
-    from entryguard.control.errors import ApiError
     from entryguard.control.services.apikeys import create_edge_token
+    from entryguard.errors import EntryGuardError
 
     url = database_url or sqlite_url_for(data_dir)
     if database_url is not None:
@@ -240,7 +240,7 @@ def edge_token_create(
 
     try:
         token = asyncio.run(run())
-    except ApiError as exc:
+    except EntryGuardError as exc:
         fail(exc.message)
     except Exception as exc:
         fail(f"could not create the edge token: {db_error(exc)}")

@@ -15,6 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from entryguard.durations import DurationError, parse_duration
+from entryguard.errors import Invalid
 from entryguard.net import CidrError, IPNetwork, parse_cidr
 
 
@@ -136,8 +137,10 @@ class AgentConfig(_Strict):
         ]
 
 
-class ConfigError(Exception):
+class ConfigError(Invalid):
     """The config file is missing or invalid; the message names the key and the fix."""
+
+    code = "invalid_config"
 
 
 def _describe(path: Path, exc: ValidationError) -> str:

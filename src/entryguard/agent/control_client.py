@@ -12,6 +12,7 @@ import httpx
 
 from entryguard import __version__
 from entryguard.agent.config import AgentConfig
+from entryguard.errors import EntryGuardError
 
 
 @dataclass(frozen=True)
@@ -25,8 +26,10 @@ class TunnelTarget:
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
 
-class ControlPlaneError(Exception):
+class ControlPlaneError(EntryGuardError):
     """A call to the control plane failed; the message says why in one line."""
+
+    code = "control_plane_failed"
 
     def __init__(self, message: str, status: int | None = None) -> None:
         super().__init__(message)

@@ -38,6 +38,7 @@ from typing import Any
 
 from entryguard.agent.config import AgentConfig
 from entryguard.agent.control_client import ControlClient, ControlPlaneError
+from entryguard.errors import Forbidden
 from entryguard.net import CidrError, parse_cidr
 
 log = logging.getLogger("entryguard.agent.scripts")
@@ -59,8 +60,10 @@ WINDOWS = sys.platform == "win32"
 ACTIONS = ("apply", "revoke")
 
 
-class CommandRefused(Exception):
+class CommandRefused(Forbidden):
     """The command cannot be run here; the message says why and how to fix it."""
+
+    code = "command_refused"
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ import httpx
 from entryguard import __version__
 from entryguard.cli import credentials
 from entryguard.cli.errors import CliError, UsageError
+from entryguard.cli.hints import with_hint
 from entryguard.cli.output import one_line
 
 API_PREFIX = "/api/v1"
@@ -174,14 +175,20 @@ class ApiClient:
         body = _json_or_none(resp)
         if resp.is_success and body is not None:
             return body
-        raise CliError(self._error_message(resp, body, login), transient=resp.status_code >= 500)
+        err = body.get("error") if isinstance(body, dict) else None
+        code = err.get("code") if isinstance(err, dict) else None
+        raise CliError(
+            self._error_message(resp, err, login),
+            transient=resp.status_code >= 500,
+            code=code if isinstance(code, str) else None,
+        )
 
-    def _error_message(self, resp: httpx.Response, body: Any, login: bool) -> str:
+    def _error_message(self, resp: httpx.Response, err: Any, login: bool) -> str:
         status = resp.status_code
         message: str | None = None
-        err = body.get("error") if isinstance(body, dict) else None
         if isinstance(err, dict) and isinstance(err.get("message"), str) and err["message"].strip():
-            message = one_line(err["message"])
+            code = err.get("code")
+            message = with_hint(code if isinstance(code, str) else None, one_line(err["message"]))
         if status == 401 and not login:
             if self.token_source == "env":
                 return f"the token in EG_TOKEN was refused: {message or 'unauthorized'}"

@@ -26,19 +26,16 @@ from entryguard.control.api import (
 from entryguard.control.api.deps import Ctx
 from entryguard.control.body_limit import BodyLimit
 from entryguard.control.db.database import Database
-from entryguard.control.errors import ApiError
+from entryguard.control.http_errors import error_body, error_status
 from entryguard.control.services.agents import run_offline_watch
 from entryguard.control.services.edge_sync import ChangeNotifier, prune_changes
 from entryguard.control.services.expiry import run_expiry
 from entryguard.control.settings import Settings
 from entryguard.control.web import mount_dashboard
+from entryguard.errors import EntryGuardError
 
 log = logging.getLogger("entryguard.control")
 API = "/api/v1"
-
-
-def error_body(code: str, message: str) -> dict[str, Any]:
-    return {"error": {"code": code, "message": message}}
 
 
 async def _prune_loop(db: Database, retention: int) -> None:
@@ -95,9 +92,9 @@ def create_app(
     app.state.ctx = Ctx(settings=settings, db=database)
     app.state.notifier = notifier
 
-    @app.exception_handler(ApiError)
-    async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
-        return JSONResponse(error_body(exc.code, exc.message), status_code=exc.status)
+    @app.exception_handler(EntryGuardError)
+    async def _api_error(_: Request, exc: EntryGuardError) -> JSONResponse:
+        return JSONResponse(error_body(exc.code, exc.message), status_code=error_status(exc))
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:

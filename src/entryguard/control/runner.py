@@ -21,6 +21,7 @@ from entryguard.control.bootstrap import migrate_and_bootstrap
 from entryguard.control.db.database import Database
 from entryguard.control.services.apikeys import create_edge_token
 from entryguard.control.settings import Settings
+from entryguard.errors import Unavailable
 
 log = logging.getLogger("entryguard")
 
@@ -81,8 +82,10 @@ class _Server(uvicorn.Server):
         await super().shutdown(sockets)
 
 
-class ListenError(OSError):
+class ListenError(Unavailable, OSError):
     """A listening address could not be bound; the message says what to do."""
+
+    code = "listen_failed"
 
 
 def bind_socket(host: str, port: int, flag: str) -> socket.socket:

@@ -11,6 +11,8 @@ from __future__ import annotations
 import ipaddress
 import re
 
+from entryguard.errors import Invalid
+
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -20,8 +22,10 @@ _ALLOWED = re.compile(r"^[0-9A-Fa-f:.]+(/[0-9]{1,3})?$")
 _V4_OCTET_LEADING_ZERO = re.compile(r"(^|\.)0[0-9]")
 
 
-class CidrError(ValueError):
+class CidrError(Invalid, ValueError):
     """The text is not a valid, canonical IP network."""
+
+    code = "invalid_cidr"
 
 
 def normalize_ip(ip: IPAddress) -> IPAddress:

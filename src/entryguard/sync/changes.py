@@ -14,11 +14,14 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any, ClassVar, TypeAlias
 
+from entryguard.errors import Invalid
 from entryguard.net.cidr import CidrError, parse_cidr
 
 
-class ChangeError(ValueError):
+class ChangeError(Invalid, ValueError):
     """A change-log row the reader cannot apply (unknown op, missing or bad field)."""
+
+    code = "invalid_change"
 
 
 class Op(StrEnum):

@@ -22,7 +22,6 @@ from entryguard.control.db.models import (
     User,
     utcnow,
 )
-from entryguard.control.errors import BadRequest, NotFound
 from entryguard.control.services import access_rules, resources, sessions
 from entryguard.control.services.agents import list_agents
 from entryguard.control.services.journal import verify_chain
@@ -33,6 +32,7 @@ from entryguard.control.services.views import (
     rule_view,
     session_view,
 )
+from entryguard.errors import Invalid, NotFound
 
 router = APIRouter(prefix="/admin", tags=["admin"])
 
@@ -60,7 +60,7 @@ async def create_resource(
 ) -> dict[str, Any]:
     c = ctx(request)
     if body.provider.upper() != "AGENT":
-        raise BadRequest("provider must be AGENT", code="invalid_provider")
+        raise Invalid("provider must be AGENT", code="invalid_provider")
     async with c.db.write() as s:
         r = await resources.create_resource(
             s,
@@ -203,9 +203,7 @@ async def revoke_session(
             )
         ).first()
         if row is None:
-            raise NotFound(
-                f"no session {session_id}: see `eg admin session list`", code="session_not_found"
-            )
+            raise NotFound(f"no session {session_id}", code="session_not_found")
         sess, user = row
         was_active = sess.ended_at is None
         if was_active:

@@ -18,11 +18,11 @@ from entryguard.control.api.schemas import (
 )
 from entryguard.control.auth.principal import Principal
 from entryguard.control.db.models import ApiKey, Role, User
-from entryguard.control.errors import BadRequest
 from entryguard.control.services import apikeys, roles, users
 from entryguard.control.services.resources import get_resource
 from entryguard.control.services.views import apikey_view, user_view
 from entryguard.durations import DurationError, parse_duration
+from entryguard.errors import Invalid
 
 
 def admin(p: Principal = Depends(get_principal)) -> Principal:
@@ -37,7 +37,7 @@ def duration_or_400(text: str, what: str) -> int:
     try:
         return parse_duration(text)
     except DurationError as exc:
-        raise BadRequest(f"{what}: {exc}", code="invalid_duration") from exc
+        raise Invalid(f"{what}: {exc}", code="invalid_duration") from exc
 
 
 @router.get("/users")
@@ -69,7 +69,7 @@ async def disable_user(
     email: str, request: Request, p: Principal = Depends(admin)
 ) -> dict[str, Any]:
     if email.strip().lower() == p.user.email:
-        raise BadRequest("you cannot disable yourself", code="self_disable")
+        raise Invalid("you cannot disable yourself", code="self_disable")
     async with ctx(request).db.write() as s:
         return {"user": user_view(await users.disable_user(s, email, p.actor))}
 

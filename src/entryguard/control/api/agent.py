@@ -10,8 +10,8 @@ from entryguard.control.api.deps import client_ip, ctx
 from entryguard.control.api.deps import principal as get_principal
 from entryguard.control.api.schemas import HeartbeatIn
 from entryguard.control.auth.principal import Principal
-from entryguard.control.errors import Forbidden
 from entryguard.control.services import agents
+from entryguard.errors import Forbidden
 
 router = APIRouter(prefix="/agent", tags=["agent"])
 

@@ -11,10 +11,10 @@ from entryguard.control.api.deps import principal as get_principal
 from entryguard.control.api.schemas import LoginIn
 from entryguard.control.auth.principal import Principal
 from entryguard.control.db.models import LoginToken, Organization, utcnow
-from entryguard.control.errors import Unauthorized
 from entryguard.control.services import users
 from entryguard.control.services.journal import audit, iso
 from entryguard.control.services.views import user_view
+from entryguard.errors import Unauthorized
 
 router = APIRouter(prefix="/auth", tags=["auth"])
 

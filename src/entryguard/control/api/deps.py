@@ -13,8 +13,8 @@ from sqlalchemy import update
 from entryguard.control.auth.principal import Principal, authenticate
 from entryguard.control.db.database import Database
 from entryguard.control.db.models import ApiKey, utcnow
-from entryguard.control.errors import Unauthorized
 from entryguard.control.settings import Settings
+from entryguard.errors import Unauthorized
 from entryguard.net import CidrError, normalize_ip, parse_ip
 
 log = logging.getLogger("entryguard.control")
@@ -48,7 +48,7 @@ async def principal(request: Request) -> Principal:
             if p is not None:
                 return p
         raise Unauthorized(
-            "missing credentials: run `eg login` or send `Authorization: Bearer <key>`",
+            "missing credentials: send Authorization: Bearer <key>",
             code="unauthorized",
         )
     async with c.db.read() as s:

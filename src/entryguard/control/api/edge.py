@@ -8,8 +8,8 @@ from typing import Any
 from fastapi import APIRouter, Query, Request
 
 from entryguard.control.api.deps import bearer, ctx
-from entryguard.control.errors import Unauthorized
 from entryguard.control.services import edge_sync
+from entryguard.errors import Unauthorized
 
 router = APIRouter(prefix="/edge", tags=["edge"])
 

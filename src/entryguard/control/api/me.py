@@ -12,11 +12,11 @@ from entryguard.control.api.deps import principal as get_principal
 from entryguard.control.api.schemas import SessionStartIn
 from entryguard.control.auth.principal import Principal
 from entryguard.control.db.models import Session
-from entryguard.control.errors import BadRequest
 from entryguard.control.services import sessions
 from entryguard.control.services.grants import user_resources
 from entryguard.control.services.views import resource_view, session_view
 from entryguard.durations import DurationError, parse_duration
+from entryguard.errors import Invalid
 
 router = APIRouter(tags=["sessions"])
 
@@ -43,7 +43,7 @@ async def start(
     try:
         seconds = parse_duration(body.duration)
     except DurationError as exc:
-        raise BadRequest(str(exc), code="invalid_duration") from exc
+        raise Invalid(str(exc), code="invalid_duration") from exc
     async with c.db.write() as s:
         out = await sessions.start_session(s, p.user, client_ip(request), seconds, c.settings)
         result = {

@@ -9,7 +9,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from entryguard.control.auth.secrets import matches, split_prefix
 from entryguard.control.db.models import ApiKey, LoginToken, User, utcnow
-from entryguard.control.errors import Forbidden, Unauthorized
+from entryguard.errors import Forbidden, Unauthorized
 
 
 @dataclass
@@ -42,7 +42,7 @@ def login_scopes(user: User) -> frozenset[str]:
 
 
 async def authenticate(s: AsyncSession, secret: str) -> Principal:
-    bad = Unauthorized("not logged in or the login expired: run `eg login`", code="unauthorized")
+    bad = Unauthorized("not logged in or the login expired", code="unauthorized")
     prefix = split_prefix(secret)
     if prefix is None:
         raise bad

@@ -10,6 +10,8 @@ from alembic.config import Config
 from alembic.util.exc import CommandError
 from sqlalchemy.exc import SQLAlchemyError
 
+from entryguard.errors import Unavailable
+
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 
@@ -30,8 +32,18 @@ def upgrade(url: str, revision: str = "head") -> None:
     raise RuntimeError("call upgrade_async() from async code")
 
 
-class SchemaTooNew(SQLAlchemyError):
-    """The database was migrated by a newer entryguard than this one."""
+class SchemaTooNew(Unavailable, SQLAlchemyError):
+    """The database was migrated by a newer entryguard than this one.
+
+    Still an ``SQLAlchemyError``, which is what the command line catches for a database
+    it cannot use.
+    """
+
+    code = "schema_too_new"
+
+    def __str__(self) -> str:
+        # SQLAlchemyError would append a link to its docs for any ``code``; ours is not theirs.
+        return self.message
 
 
 async def upgrade_async(url: str, revision: str = "head") -> None:

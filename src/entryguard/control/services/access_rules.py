@@ -8,10 +8,10 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from entryguard.control.db.models import GuestAccess, Resource, StaticRule, utcnow
-from entryguard.control.errors import NotFound
 from entryguard.control.services.grants import add_grant, remove_source_grants
 from entryguard.control.services.journal import audit
 from entryguard.control.services.validation import check_cidr, check_text
+from entryguard.errors import NotFound
 
 
 async def add_rule(
@@ -43,7 +43,7 @@ async def remove_rule(s: AsyncSession, rule_id: int, actor: str) -> tuple[Static
         )
     ).first()
     if row is None:
-        raise NotFound(f"no static rule {rule_id}: see `eg admin rule list`", code="rule_not_found")
+        raise NotFound(f"no static rule {rule_id}", code="rule_not_found")
     rule, r = row
     await remove_source_grants(
         s, "rule", rule.id, "rule_removed", f"rule {rule.id} {rule.description}".strip()
@@ -112,9 +112,7 @@ async def revoke_guest(s: AsyncSession, guest_id: int, actor: str) -> tuple[Gues
         )
     ).first()
     if row is None:
-        raise NotFound(
-            f"no guest access {guest_id}: see `eg admin guest list`", code="guest_not_found"
-        )
+        raise NotFound(f"no guest access {guest_id}", code="guest_not_found")
     g, r = row
     if g.ended_at is None:
         await end_guest(s, g, r, "revoked", actor)

@@ -9,9 +9,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from entryguard.control.auth.secrets import new_secret
 from entryguard.control.db.models import ApiKey, EdgeToken, User, utcnow
-from entryguard.control.errors import BadRequest, Conflict, NotFound
 from entryguard.control.services.journal import audit, iso, log_change
 from entryguard.control.services.validation import check_name
+from entryguard.errors import Conflict, Invalid, NotFound
 from entryguard.sync.changes import AgentRemove, AgentUpsert
 
 SCOPES = ("agent:connect", "admin", "sessions")
@@ -24,7 +24,7 @@ def agent_data(k: ApiKey, name: str | None = None) -> AgentUpsert:
 async def get_key(s: AsyncSession, name: str) -> ApiKey:
     k = (await s.execute(select(ApiKey).where(ApiKey.name == name))).scalar_one_or_none()
     if k is None:
-        raise NotFound(f"no API key {name!r}: see `eg admin apikey list`", code="apikey_not_found")
+        raise NotFound(f"no API key {name!r}", code="apikey_not_found")
     return k
 
 
@@ -39,10 +39,10 @@ async def create_key(
     check_name(name, "API key name")
     clean = sorted(set(scopes))
     if not clean:
-        raise BadRequest(f"give at least one scope: {', '.join(SCOPES)}", code="invalid_scope")
+        raise Invalid(f"give at least one scope: {', '.join(SCOPES)}", code="invalid_scope")
     bad = [sc for sc in clean if sc not in SCOPES]
     if bad:
-        raise BadRequest(
+        raise Invalid(
             f"unknown scope {bad[0]!r}: choose from {', '.join(SCOPES)}", code="invalid_scope"
         )
     if (await s.execute(select(ApiKey.id).where(ApiKey.name == name))).first():

@@ -27,8 +27,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from entryguard.control.db.database import Database
 from entryguard.control.db.models import AgentCommand, ApiKey, utcnow
-from entryguard.control.errors import BadRequest, Conflict, NotFound
 from entryguard.control.services.journal import audit, iso
+from entryguard.errors import Conflict, Invalid, NotFound
 
 OUTPUT_LIMIT = 64 * 1024
 """Bytes of script output (stdout and stderr together, UTF-8) kept per command."""
@@ -178,7 +178,7 @@ async def list_commands(
 ) -> list[dict[str, Any]]:
     """Newest first."""
     if status is not None and status not in STATUSES:
-        raise BadRequest(
+        raise Invalid(
             f"unknown status {status!r}: use one of {', '.join(STATUSES)}", code="invalid_status"
         )
     q = select(AgentCommand, ApiKey.name).join(ApiKey, ApiKey.id == AgentCommand.agent_key_id)
@@ -199,9 +199,7 @@ async def get_command(s: AsyncSession, command_id: int) -> dict[str, Any]:
         )
     ).first()
     if row is None:
-        raise NotFound(
-            f"no command {command_id}: see `eg admin commands`", code="command_not_found"
-        )
+        raise NotFound(f"no command {command_id}", code="command_not_found")
     return command_view(row[0], row[1])
 
 
@@ -209,13 +207,10 @@ async def retry_command(s: AsyncSession, command_id: int, actor: str) -> AgentCo
     """Queue a failed (or stuck ``running``) command again, at the end of its agent's queue."""
     old = await s.get(AgentCommand, command_id)
     if old is None:
-        raise NotFound(
-            f"no command {command_id}: see `eg admin commands`", code="command_not_found"
-        )
+        raise NotFound(f"no command {command_id}", code="command_not_found")
     if old.status == "retried":
         raise Conflict(
-            f"command {command_id} was already retried: see the newer command in "
-            "`eg admin commands`",
+            f"command {command_id} was already retried",
             code="command_already_retried",
         )
     if old.status not in ("failed", "running"):

@@ -16,11 +16,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from entryguard.control.auth.secrets import matches, split_prefix
 from entryguard.control.db.database import Database
 from entryguard.control.db.models import ApiKey, Change, EdgeToken, Grant, Resource, utcnow
-from entryguard.control.errors import Gone, Unauthorized
 from entryguard.control.services.apikeys import agent_data
 from entryguard.control.services.grants import grant_data
 from entryguard.control.services.journal import iso
 from entryguard.control.services.resources import tunnel_data
+from entryguard.errors import Gone, Unauthorized
 from entryguard.sync.changes import payload_json
 
 log = logging.getLogger("entryguard.sync")
@@ -36,7 +36,7 @@ async def check_edge_token(s: AsyncSession, token: str) -> EdgeToken:
         ).scalar_one_or_none()
     if row is None or row.revoked_at is not None or not matches(token, row.token_hash):
         raise Unauthorized(
-            "invalid edge token: create one with `entryguard edge-token create`",
+            "invalid edge token",
             code="invalid_edge_token",
         )
     return row

@@ -23,8 +23,8 @@ from entryguard.control.db.models import (
     Session,
     User,
 )
-from entryguard.control.errors import BadRequest
 from entryguard.control.services.journal import iso, log_change
+from entryguard.errors import Invalid
 from entryguard.net import CidrError, parse_cidr
 from entryguard.sync.changes import GrantAdd, GrantRemove
 
@@ -71,9 +71,9 @@ async def add_grant(
     try:
         canonical = str(parse_cidr(cidr, allow_any=True))
     except CidrError as exc:
-        raise BadRequest(f"cannot grant {cidr!r}: {exc}", code="invalid_cidr") from exc
+        raise Invalid(f"cannot grant {cidr!r}: {exc}", code="invalid_cidr") from exc
     if canonical != cidr:
-        raise BadRequest(f"grant CIDR {cidr!r} is not canonical ({canonical})", code="invalid_cidr")
+        raise Invalid(f"grant CIDR {cidr!r} is not canonical ({canonical})", code="invalid_cidr")
     first = resource.type == "script" and await _same_cidr_grants(s, resource.id, cidr) == 0
     g = Grant(
         resource_id=resource.id,

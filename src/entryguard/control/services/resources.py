@@ -6,12 +6,12 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from entryguard.control.db.models import ApiKey, Resource, RoleResource, RoleUser
-from entryguard.control.errors import BadRequest, Conflict, NotFound
 from entryguard.control.services.apikeys import get_key
 from entryguard.control.services.grants import reconcile_users, remove_grant
 from entryguard.control.services.journal import audit, log_change
 from entryguard.control.services.validation import check_name, check_text
 from entryguard.control.settings import PortRange
+from entryguard.errors import Conflict, Invalid, NotFound
 from entryguard.sync.changes import TunnelRemove, TunnelUpsert
 
 
@@ -23,9 +23,7 @@ def tunnel_data(r: Resource) -> TunnelUpsert:
 async def get_resource(s: AsyncSession, name: str) -> Resource:
     r = (await s.execute(select(Resource).where(Resource.name == name))).scalar_one_or_none()
     if r is None:
-        raise NotFound(
-            f"no resource {name!r}: see `eg admin resource list`", code="resource_not_found"
-        )
+        raise NotFound(f"no resource {name!r}", code="resource_not_found")
     return r
 
 
@@ -45,7 +43,7 @@ async def allocate_port(s: AsyncSession, ports: PortRange) -> int:
 def _check_host(host: str | None) -> str:
     host = (host or "").strip()
     if not host or len(host) > 253 or any(c.isspace() or c in "/@?#" for c in host):
-        raise BadRequest(
+        raise Invalid(
             "target host must be a host name or IP address, e.g. 10.0.1.50", code="invalid_target"
         )
     return host
@@ -66,10 +64,10 @@ async def create_resource(
 ) -> Resource:
     check_name(name, "resource name")
     if type_ not in ("tunnel", "script"):
-        raise BadRequest("resource type must be 'tunnel' or 'script'", code="invalid_type")
+        raise Invalid("resource type must be 'tunnel' or 'script'", code="invalid_type")
     key: ApiKey = await get_key(s, agent)
     if "agent:connect" not in key.scope_list or key.revoked_at is not None:
-        raise BadRequest(
+        raise Invalid(
             f"API key {agent!r} is not a live agent credential (scope agent:connect)",
             code="invalid_agent",
         )
@@ -79,13 +77,13 @@ async def create_resource(
     if type_ == "tunnel":
         r.target_host = _check_host(target_host)
         if target_port is None or not (1 <= target_port <= 65535):
-            raise BadRequest("target port must be 1..65535", code="invalid_target")
+            raise Invalid("target port must be 1..65535", code="invalid_target")
         r.target_port = target_port
         r.port = await allocate_port(s, ports)
     else:
         d = check_text(script_dir, "script directory", 1024).strip()
         if not d.startswith("/") and not (len(d) > 2 and d[1] == ":"):
-            raise BadRequest(
+            raise Invalid(
                 "script directory must be an absolute path on the agent's host",
                 code="invalid_script_dir",
             )

@@ -8,16 +8,16 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from entryguard.control.db.models import Resource, Role, RoleResource, RoleUser, User
-from entryguard.control.errors import Conflict, NotFound
 from entryguard.control.services.grants import reconcile_users
 from entryguard.control.services.journal import audit
 from entryguard.control.services.validation import check_name
+from entryguard.errors import Conflict, NotFound
 
 
 async def get_role(s: AsyncSession, name: str) -> Role:
     r = (await s.execute(select(Role).where(Role.name == name))).scalar_one_or_none()
     if r is None:
-        raise NotFound(f"no role {name!r}: see `eg admin role list`", code="role_not_found")
+        raise NotFound(f"no role {name!r}", code="role_not_found")
     return r
 
 

@@ -9,7 +9,6 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from entryguard.control.db.models import Role, RoleUser, Session, User, utcnow
-from entryguard.control.errors import NotFound
 from entryguard.control.services.grants import (
     move_session_grants,
     reconcile_session,
@@ -19,6 +18,7 @@ from entryguard.control.services.grants import (
 )
 from entryguard.control.services.journal import audit
 from entryguard.control.settings import Settings
+from entryguard.errors import NotFound
 
 
 async def max_duration_for(s: AsyncSession, user: User, settings: Settings) -> int:
@@ -152,7 +152,7 @@ async def stop_session(s: AsyncSession, user: User, ip: str | None) -> Session:
     sess = await active_session(s, user.id)
     if sess is None:
         raise NotFound(
-            "you have no active session: start one with `eg session start`",
+            "you have no active session",
             code="no_active_session",
         )
     await end_session(s, sess, user, "stopped", user.email, ip)

@@ -15,10 +15,10 @@ from entryguard.control.auth.secrets import (
     verify_password,
 )
 from entryguard.control.db.models import LoginToken, Organization, User, utcnow
-from entryguard.control.errors import BadRequest, Conflict, NotFound
 from entryguard.control.services.journal import audit
 from entryguard.control.services.sessions import end_user_sessions
 from entryguard.control.services.validation import check_email
+from entryguard.errors import Conflict, Invalid, NotFound
 
 
 async def get_user(s: AsyncSession, email: str) -> User:
@@ -26,7 +26,7 @@ async def get_user(s: AsyncSession, email: str) -> User:
         await s.execute(select(User).where(User.email == email.strip().lower()))
     ).scalar_one_or_none()
     if u is None:
-        raise NotFound(f"no user {email!r}: see `eg admin user list`", code="user_not_found")
+        raise NotFound(f"no user {email!r}", code="user_not_found")
     return u
 
 
@@ -38,11 +38,9 @@ async def create_user(
     if password is None:
         password = generated = generate_password()
     if len(password) < MIN_PASSWORD:
-        raise BadRequest(
-            f"password must be at least {MIN_PASSWORD} characters", code="weak_password"
-        )
+        raise Invalid(f"password must be at least {MIN_PASSWORD} characters", code="weak_password")
     if len(password) > 1024:
-        raise BadRequest("password is longer than 1024 characters", code="too_long")
+        raise Invalid("password is longer than 1024 characters", code="too_long")
     if (await s.execute(select(User.id).where(User.email == email))).first():
         raise Conflict(f"a user {email} already exists", code="user_exists")
     u = User(org_id=org_id, email=email, password_hash=hash_password(password), is_admin=is_admin)

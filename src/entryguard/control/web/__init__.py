@@ -16,7 +16,7 @@ from fastapi.responses import Response
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from entryguard.control.errors import ApiError
+from entryguard.control.http_errors import error_status
 from entryguard.control.web import (
     auth,
     routes_admin_access,
@@ -27,6 +27,7 @@ from entryguard.control.web import (
     routes_user,
 )
 from entryguard.control.web.render import STATIC, render_page
+from entryguard.errors import EntryGuardError
 
 router = APIRouter(include_in_schema=False)
 for _r in (
@@ -102,13 +103,13 @@ def mount_dashboard(app: FastAPI) -> None:
             title="Form expired",
         )
 
-    api_error = app.exception_handlers.get(ApiError)
+    api_error = app.exception_handlers.get(EntryGuardError)
     http_error = app.exception_handlers.get(StarletteHTTPException)
 
     async def dashboard_api_error(request: Request, exc: Exception) -> Response:
-        if _is_dashboard(request) and isinstance(exc, ApiError):
+        if _is_dashboard(request) and isinstance(exc, EntryGuardError):
             p = await auth.session_principal(request)
-            return error_page(request, exc.status, exc.message, p)
+            return error_page(request, error_status(exc), exc.message, p)
         return await _delegate(api_error, request, exc)
 
     async def dashboard_http_error(request: Request, exc: Exception) -> Response:
@@ -122,6 +123,6 @@ def mount_dashboard(app: FastAPI) -> None:
     app.add_exception_handler(auth.AdminRequired, admin_required)
     app.add_exception_handler(auth.CsrfFailed, csrf_failed)
     if api_error is not None:
-        app.add_exception_handler(ApiError, dashboard_api_error)
+        app.add_exception_handler(EntryGuardError, dashboard_api_error)
     if http_error is not None:
         app.add_exception_handler(StarletteHTTPException, dashboard_http_error)

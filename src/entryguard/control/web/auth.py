@@ -18,7 +18,6 @@ from starlette.datastructures import FormData
 from entryguard.control.api import auth as auth_api
 from entryguard.control.api.deps import client_ip, ctx
 from entryguard.control.auth.principal import Principal, authenticate
-from entryguard.control.errors import ApiError
 from entryguard.control.services import users
 from entryguard.control.web import csrf
 from entryguard.control.web.render import (
@@ -30,6 +29,7 @@ from entryguard.control.web.render import (
     set_cookie,
     text_values,
 )
+from entryguard.errors import EntryGuardError, Forbidden, Unauthorized
 
 SESSION_COOKIE = "eg_session"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -37,11 +37,14 @@ SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 router = APIRouter(include_in_schema=False)
 
 
-class SignInRequired(Exception):
+class SignInRequired(Unauthorized):
     """No valid session cookie: the page redirects to the sign-in form."""
 
+    def __init__(self) -> None:
+        super().__init__("sign in required")
 
-class AdminRequired(Exception):
+
+class AdminRequired(Forbidden):
     """A signed-in user who is not an admin asked for an admin page."""
 
     def __init__(self, p: Principal) -> None:
@@ -49,7 +52,7 @@ class AdminRequired(Exception):
         self.principal = p
 
 
-class CsrfFailed(Exception):
+class CsrfFailed(Forbidden):
     """A form arrived without the token of the session that rendered it."""
 
     def __init__(self, p: Principal | None) -> None:
@@ -64,7 +67,7 @@ async def session_principal(request: Request) -> Principal | None:
     try:
         async with ctx(request).db.read() as s:
             p = await authenticate(s, secret)
-    except ApiError:
+    except EntryGuardError:
         return None
     request.state.csrf_token = csrf.session_token(secret)
     return dataclasses.replace(p, credential="cookie")

@@ -19,9 +19,9 @@ from markupsafe import Markup, escape
 from entryguard import __version__
 from entryguard.control.api.deps import ctx
 from entryguard.control.auth.principal import Principal
-from entryguard.control.errors import ApiError
 from entryguard.control.web import csrf
 from entryguard.durations import format_duration
+from entryguard.errors import EntryGuardError
 
 HERE = Path(__file__).resolve().parent
 TEMPLATES = HERE / "templates"
@@ -176,7 +176,7 @@ def take_flash(request: Request) -> Flash | None:
     return Flash(kind, text)
 
 
-def field_errors(exc: ApiError, fields: Mapping[str, str]) -> dict[str, str]:
+def field_errors(exc: EntryGuardError, fields: Mapping[str, str]) -> dict[str, str]:
     """Place a service's error beside the field it is about (by error code), else on the form."""
     return {fields.get(exc.code, FORM): exc.message}
 

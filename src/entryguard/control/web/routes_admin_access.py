@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from entryguard.control.api import admin_access as access_api
 from entryguard.control.api.deps import ctx, edges_apply
 from entryguard.control.auth.principal import Principal
-from entryguard.control.errors import ApiError
+from entryguard.control.http_errors import error_status
 from entryguard.control.services import access_rules, resources
 from entryguard.control.web.auth import admin, checked_form
 from entryguard.control.web.render import (
@@ -25,6 +25,7 @@ from entryguard.control.web.render import (
     text_values,
 )
 from entryguard.durations import DurationError, parse_duration
+from entryguard.errors import EntryGuardError
 from entryguard.net import CidrError, parse_cidr
 
 router = APIRouter(prefix="/admin", include_in_schema=False)
@@ -79,7 +80,7 @@ async def _page(
     filter_error = None
     try:
         items = await _items(request, p, kind, resource)
-    except ApiError as exc:  # a filter naming a resource that is gone
+    except EntryGuardError as exc:  # a filter naming a resource that is gone
         items, filter_error = [], exc.message
     all_resources = (await access_api.list_resources(request, p))["items"]
     return render_page(
@@ -126,9 +127,9 @@ async def _submit(
 ) -> Response:
     try:
         done = await _commit(request, write)
-    except ApiError as exc:
+    except EntryGuardError as exc:
         form.errors = field_errors(exc, RULE_FIELDS if kind == "rules" else GUEST_FIELDS)
-        return await _page(request, p, kind, form, exc.status)
+        return await _page(request, p, kind, form, error_status(exc))
     return redirect(request, _back(kind, request), Flash("success", done))
 
 
@@ -136,7 +137,7 @@ async def _remove(request: Request, p: Principal, kind: str, write: Write) -> Re
     await checked_form(request, p)
     try:
         done = await _commit(request, write)
-    except ApiError as exc:
+    except EntryGuardError as exc:
         return redirect(request, _back(kind, request), Flash("error", exc.message))
     return redirect(request, _back(kind, request), Flash("success", done))
 

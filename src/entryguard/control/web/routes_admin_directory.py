@@ -13,7 +13,7 @@ from entryguard.control.api import admin_directory as directory_api
 from entryguard.control.api.deps import ctx, edges_apply
 from entryguard.control.auth.principal import Principal
 from entryguard.control.db.models import utcnow
-from entryguard.control.errors import ApiError
+from entryguard.control.http_errors import error_status
 from entryguard.control.services import apikeys, roles, users
 from entryguard.control.services.apikeys import SCOPES
 from entryguard.control.services.journal import iso
@@ -29,6 +29,7 @@ from entryguard.control.web.render import (
     text_values,
 )
 from entryguard.durations import DurationError, parse_duration
+from entryguard.errors import EntryGuardError
 
 router = APIRouter(prefix="/admin", include_in_schema=False)
 
@@ -92,9 +93,9 @@ async def create_role(request: Request, p: Principal = Depends(admin)) -> Respon
     try:
         async with ctx(request).db.write() as s:
             await roles.create_role(s, p.user.org_id, name, seconds, p.actor)
-    except ApiError as exc:
+    except EntryGuardError as exc:
         form.errors = field_errors(exc, ROLE_FIELDS)
-        return await _roles_page(request, p, form, exc.status)
+        return await _roles_page(request, p, form, error_status(exc))
     return redirect(
         request,
         role_url(name),
@@ -153,11 +154,11 @@ async def _link(request: Request, p: Principal, name: str, kind: str, add: bool)
             else:
                 user = await users.get_user(s, member)
                 await (roles.add_user if add else roles.remove_user)(s, role, user, p.actor)
-    except ApiError as exc:
+    except EntryGuardError as exc:
         if exc.code == "role_not_found":
             raise  # the page itself is gone: the 404 page
         form.errors[kind] = exc.message
-        return await _role_page(request, p, name, form, exc.status)
+        return await _role_page(request, p, name, form, error_status(exc))
     await edges_apply(request, s.info.get("revision"))
     done = f"{member} added to {name}." if add else f"{member} removed from {name}."
     return redirect(request, role_url(name), Flash("success", done))
@@ -228,10 +229,10 @@ async def create_user(request: Request, p: Principal = Depends(admin)) -> Respon
                 p.actor,
             )
             view = user_view(u)
-    except ApiError as exc:
+    except EntryGuardError as exc:
         form.values.pop("password", None)  # never echo a password back into the page
         form.errors = field_errors(exc, USER_FIELDS)
-        return await _users_page(request, p, form, exc.status)
+        return await _users_page(request, p, form, error_status(exc))
     if generated is None:
         return redirect(request, "/admin/users", Flash("success", f"User {view['email']} created."))
     # A generated password is shown once, in this response, and stored nowhere in clear.
@@ -245,7 +246,7 @@ async def disable_user(email: str, request: Request, p: Principal = Depends(admi
     await checked_form(request, p)
     try:  # the REST handler holds the "not yourself" rule
         u = (await directory_api.disable_user(email, request, p))["user"]
-    except ApiError as exc:
+    except EntryGuardError as exc:
         return redirect(request, "/admin/users", Flash("error", exc.message))
     text = f"{u['email']} disabled: their session ended and their sign-ins are revoked."
     return redirect(request, "/admin/users", Flash("success", text))
@@ -297,9 +298,9 @@ async def create_key(request: Request, p: Principal = Depends(admin)) -> Respons
                 s, p.user, form.values.get("name", "")[:256], scopes, expires, p.actor
             )
             view = apikey_view(k)
-    except ApiError as exc:
+    except EntryGuardError as exc:
         form.errors = field_errors(exc, KEY_FIELDS)
-        return await _keys_page(request, p, form, exc.status)
+        return await _keys_page(request, p, form, error_status(exc))
     # The key exists in clear only in this response: it is stored hashed.
     return await _keys_page(
         request,
@@ -316,7 +317,7 @@ async def revoke_key(name: str, request: Request, p: Principal = Depends(admin))
     try:
         async with ctx(request).db.write() as s:
             await apikeys.revoke_key(s, name, p.actor)
-    except ApiError as exc:
+    except EntryGuardError as exc:
         return redirect(request, "/admin/apikeys", Flash("error", exc.message))
     await edges_apply(request, s.info.get("revision"))
     return redirect(request, "/admin/apikeys", Flash("success", f"API key {name} revoked."))

@@ -8,9 +8,9 @@ from fastapi.responses import Response
 from entryguard.control.api import admin_access as access_api
 from entryguard.control.api.deps import ctx
 from entryguard.control.auth.principal import Principal
-from entryguard.control.errors import ApiError
 from entryguard.control.web.auth import admin, checked_form
 from entryguard.control.web.render import Flash, redirect, render_page
+from entryguard.errors import EntryGuardError
 
 router = APIRouter(prefix="/admin", include_in_schema=False)
 
@@ -42,7 +42,7 @@ async def revoke_session(
     # for the edges to cut the IP.
     try:
         sess = (await access_api.revoke_session(session_id, request, p))["session"]
-    except ApiError as exc:
+    except EntryGuardError as exc:
         return redirect(request, "/admin/sessions", Flash("error", exc.message))
     text = f"Session {session_id} of {sess['user_email']} revoked: {sess['ip']} is cut off."
     return redirect(request, "/admin/sessions", Flash("success", text))

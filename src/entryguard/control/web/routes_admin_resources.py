@@ -12,7 +12,7 @@ from entryguard.control.api import admin_access as access_api
 from entryguard.control.api.deps import ctx, edges_apply
 from entryguard.control.auth.principal import Principal
 from entryguard.control.db.models import ApiKey
-from entryguard.control.errors import ApiError
+from entryguard.control.http_errors import error_status
 from entryguard.control.services import resources
 from entryguard.control.services.views import admin_resource_view
 from entryguard.control.web.auth import admin, checked_form
@@ -24,6 +24,7 @@ from entryguard.control.web.render import (
     render_page,
     text_values,
 )
+from entryguard.errors import EntryGuardError
 
 router = APIRouter(prefix="/admin/resources", include_in_schema=False)
 
@@ -119,13 +120,13 @@ async def create_resource(request: Request, p: Principal = Depends(admin)) -> Re
                 actor=p.actor,
             )
             view = admin_resource_view(r, c.settings, v.get("agent", ""))
-    except ApiError as exc:
+    except EntryGuardError as exc:
         form.errors = field_errors(exc, _with_target_field(exc))
-        return await _new_page(request, p, form, exc.status)
+        return await _new_page(request, p, form, error_status(exc))
     return redirect(request, "/admin/resources", Flash("success", _created_text(view)))
 
 
-def _with_target_field(exc: ApiError) -> dict[str, str]:
+def _with_target_field(exc: EntryGuardError) -> dict[str, str]:
     # One error code covers both halves of the target; the message says which.
     where = "target_port" if "port" in exc.message else "target_host"
     return {**CREATE_FIELDS, "invalid_target": where}
@@ -144,7 +145,7 @@ async def delete_resource(name: str, request: Request, p: Principal = Depends(ad
         async with ctx(request).db.write() as s:
             r = await resources.get_resource(s, name)
             await resources.delete_resource(s, r, p.actor)
-    except ApiError as exc:
+    except EntryGuardError as exc:
         return redirect(request, "/admin/resources", Flash("error", exc.message))
     await edges_apply(request, s.info.get("revision"))
     return redirect(

@@ -10,13 +10,14 @@ from entryguard.control.api import me as me_api
 from entryguard.control.api.deps import client_ip, ctx, edges_apply
 from entryguard.control.auth.principal import Principal
 from entryguard.control.db.models import RoleUser
-from entryguard.control.errors import ApiError
+from entryguard.control.http_errors import error_status
 from entryguard.control.services import sessions
 from entryguard.control.services.grants import user_resources
 from entryguard.control.services.views import resource_view, session_view
 from entryguard.control.web.auth import checked_form, signed_in
 from entryguard.control.web.render import Flash, FormState, redirect, render_page, text_values
 from entryguard.durations import DurationError, format_duration, parse_duration
+from entryguard.errors import EntryGuardError
 
 router = APIRouter(include_in_schema=False)
 
@@ -66,9 +67,9 @@ async def start_session(request: Request, p: Principal = Depends(signed_in)) -> 
     try:
         async with c.db.write() as s:
             out = await sessions.start_session(s, p.user, client_ip(request), seconds, c.settings)
-    except ApiError as exc:
+    except EntryGuardError as exc:
         form.errors["duration"] = exc.message
-        return await _home(request, p, form, exc.status)
+        return await _home(request, p, form, error_status(exc))
     await edges_apply(request, s.info.get("revision"))
     sess = out["session"]
     text = f"Session started for {sess.ip}: {format_duration(seconds)}."
@@ -86,7 +87,7 @@ async def stop_session(request: Request, p: Principal = Depends(signed_in)) -> R
     try:
         async with ctx(request).db.write() as s:
             await sessions.stop_session(s, p.user, client_ip(request))
-    except ApiError as exc:
+    except EntryGuardError as exc:
         return redirect(request, "/", Flash("warning", exc.message))
     await edges_apply(request, s.info.get("revision"))
     return redirect(request, "/", Flash("success", "Session stopped: your IP is revoked."))
