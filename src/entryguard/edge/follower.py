@@ -1,4 +1,5 @@
-"""Follows the control plane: snapshot, then the change log by long-poll (docs/sync.md).
+"""Follows the control plane: snapshot, then the change log by long-poll (docs/sync.md),
+from one of several replicas, moving to the next when the one in use fails.
 
 While the control plane is unreachable the edge keeps what it has (fail-static) and
 reports itself degraded; grant expiry keeps being enforced on the edge's own clock.
@@ -10,7 +11,7 @@ import asyncio
 import logging
 import random
 import ssl
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import httpx
@@ -32,32 +33,60 @@ def batches(changes: list[ChangeRow]) -> list[list[ChangeRow]]:
     return out
 
 
+class Unready(Exception):
+    """The control-plane replica in use stopped answering its health check, or says it
+    is not ready: move to the next one."""
+
+
+def api_base(url: str) -> str:
+    base = url.rstrip("/")
+    return base if base.endswith("/api/v1") else base + "/api/v1"
+
+
 class ControlPlaneFollower:
+    """Follows one replica at a time out of ``control_urls``.
+
+    While a request is in flight (a long-poll can wait many seconds), the replica's
+    ``/health`` is probed every ``probe_interval``; ``probe_failures`` failures in a row
+    (an error, a timeout or a 503) abandon it for the next URL. So a dead, hung or
+    not-ready replica is left within a few seconds, and the edge resumes from its own
+    revision on the next one: no gap (the log is shared) and no repeat (revisions at or
+    below the applied one are ignored).
+    """
+
     def __init__(
         self,
         state: EdgeState,
-        control_url: str,
+        control_urls: str | Sequence[str],
         edge_token: str,
         *,
         verify: ssl.SSLContext | str | bool = True,
         poll_wait: float = 25.0,
         clock: Clock = SYSTEM,
         transport: httpx.AsyncBaseTransport | None = None,
+        probe_interval: float = 1.0,
+        probe_failures: int = 2,
     ) -> None:
         self.clock = clock
-        base = control_url.rstrip("/")
-        if not base.endswith("/api/v1"):
-            base += "/api/v1"
+        urls = [control_urls] if isinstance(control_urls, str) else list(control_urls)
+        if not urls:
+            raise ValueError("at least one control-plane URL is needed")
+        self.bases = [api_base(u) for u in urls]
+        self._idx = 0
         self.state = state
-        self.base = base
         self.poll_wait = poll_wait
-        self._client = httpx.AsyncClient(
-            base_url=f"{base}/edge",
-            headers={"Authorization": f"Bearer {edge_token}"},
-            timeout=httpx.Timeout(10.0, read=poll_wait + 10),
-            verify=verify,
-            transport=transport,  # tests: an in-memory control plane
-        )
+        self.probe_interval = probe_interval
+        self.probe_failures = probe_failures
+        self._clients = [
+            httpx.AsyncClient(
+                base_url=f"{base}/edge",
+                headers={"Authorization": f"Bearer {edge_token}"},
+                timeout=httpx.Timeout(10.0, read=poll_wait + 10),
+                verify=verify,
+                transport=transport,  # tests: an in-memory control plane
+            )
+            for base in self.bases
+        ]
         self.synced = asyncio.Event()
         # Awaited after applying a batch and before asking for more: the next poll's
         # `since` tells the control plane the batch is in force (listeners bound).
@@ -65,19 +94,29 @@ class ControlPlaneFollower:
         self.connected = False
         self.last_contact = 0.0
         self.last_error: str | None = None
+        self.failovers = 0
         # What this edge could not apply (bad rows); shown on /health while any stand.
         self.problems: list[str] = []
         self.bad_changes = 0  # counted in the edge's metrics
+
+    @property
+    def base(self) -> str:
+        return self.bases[self._idx]
+
+    @property
+    def _client(self) -> httpx.AsyncClient:
+        return self._clients[self._idx]
 
     @property
     def degraded(self) -> bool:
         return not self.connected or bool(self.problems)
 
     async def close(self) -> None:
-        await self._client.aclose()
+        for c in self._clients:
+            await c.aclose()
 
     async def _snapshot(self) -> None:
-        r = await self._client.get("/snapshot")
+        r = await self._guarded(self._client.get("/snapshot"))
         self._raise_for(r)
         problems = self.state.load_snapshot(r.json())
         for p in problems:
@@ -101,9 +140,49 @@ class ControlPlaneFollower:
                 msg = r.text[:200]
             raise httpx.HTTPStatusError(f"{r.status_code}: {msg}", request=r.request, response=r)
 
+    async def _guarded(self, request: Awaitable[httpx.Response]) -> httpx.Response:
+        """``request``, abandoned when the replica stops passing its health probe."""
+        task = asyncio.ensure_future(request)
+        probe = asyncio.ensure_future(self._probe())
+        try:
+            done, _ = await asyncio.wait({task, probe}, return_when=asyncio.FIRST_COMPLETED)
+            if task in done:
+                return task.result()
+            probe.result()  # raises Unready
+            raise AssertionError("the probe returns only by raising")
+        finally:
+            for t in (task, probe):
+                if not t.done():
+                    t.cancel()
+            # gather, not `suppress(CancelledError)` around each await: a cancel of this
+            # coroutine arriving here must propagate, not be swallowed with the children's.
+            await asyncio.gather(task, probe, return_exceptions=True)
+
+    async def _probe(self) -> None:
+        client, url = self._client, f"{self.base}/health"
+        failures = 0
+        while True:
+            await asyncio.sleep(self.probe_interval)
+            try:
+                # wait_for as well as the client's own timeout: a hung peer must not
+                # hang the probe, whatever the transport does with timeouts.
+                r = await asyncio.wait_for(client.get(url), self.probe_interval * 1.5)
+                ok = r.status_code == 200
+            except (httpx.HTTPError, TimeoutError):
+                ok = False
+            if ok:
+                failures = 0
+                if self.connected:
+                    self.last_contact = self.clock.time()  # alive and ready, poll in flight
+                continue
+            failures += 1
+            if failures >= self.probe_failures:
+                raise Unready(f"{self.base} stopped answering its health check")
+
     async def run(self) -> None:
         backoff = 0.5
         need_snapshot = True
+        misses = 0  # replicas failed in a row: after a whole round, back off
         while True:
             try:
                 if need_snapshot:
@@ -112,8 +191,11 @@ class ControlPlaneFollower:
                     if self.after_apply is not None:
                         await self.after_apply()
                 self._mark_ok()
-                r = await self._client.get(
-                    "/changes", params={"since": self.state.revision, "wait": self.poll_wait}
+                misses = 0
+                r = await self._guarded(
+                    self._client.get(
+                        "/changes", params={"since": self.state.revision, "wait": self.poll_wait}
+                    )
                 )
                 if r.status_code == 410:
                     log.warning(
@@ -130,13 +212,23 @@ class ControlPlaneFollower:
                 backoff = 0.5
             except asyncio.CancelledError:
                 raise
-            except (httpx.HTTPError, OSError) as exc:
+            except (httpx.HTTPError, OSError, Unready) as exc:
                 if self.connected or self.last_error != str(exc):
-                    log.warning("control plane unreachable (%s); keeping the last known state", exc)
+                    log.warning(
+                        "control plane at %s unreachable (%s); keeping the last known state",
+                        self.base,
+                        exc,
+                    )
                 self.connected = False
                 self.last_error = str(exc)
-                await asyncio.sleep(backoff * (0.5 + random.random()))
-                backoff = min(backoff * 2, 10.0)
+                misses += 1
+                if len(self._clients) > 1:
+                    self._idx = (self._idx + 1) % len(self._clients)
+                    self.failovers += 1
+                    log.info("trying the control plane at %s", self.base)
+                if misses % len(self._clients) == 0:
+                    await asyncio.sleep(backoff * (0.5 + random.random()))
+                    backoff = min(backoff * 2, 10.0)
             except (ChangeError, ValueError, KeyError, TypeError) as exc:
                 # An answer this edge cannot use (a snapshot that does not parse): the
                 # state in force stays, the problem is reported, and a fresh snapshot is

@@ -13,7 +13,7 @@ import json
 import logging
 import os
 import ssl
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Sequence
 from http import HTTPStatus
 from typing import Any
 
@@ -28,18 +28,32 @@ from entryguard.edge.follower import ControlPlaneFollower
 from entryguard.edge.listeners import ClientStream, TunnelListener
 from entryguard.edge.metrics import EdgeMetrics
 from entryguard.edge.state import AgentCredential, EdgeState, Tunnel
-from entryguard.mux import MuxConnection, ResetCode
+from entryguard.mux import MuxConnection, ResetCode, hello
 from entryguard.net.allowlist import ip_of
 from entryguard.relay.link import EdgeServerConnection, MuxLink
 
 log = logging.getLogger("entryguard.edge")
 
-# Pings at most 20 s apart and a dead agent noticed within 30 s, as promised; the
-# environment may shorten them (tests, or links through proxies with short idle timers).
-PING_INTERVAL = float(os.environ.get("EG_EDGE_PING_INTERVAL", "10"))
-PING_TIMEOUT = float(os.environ.get("EG_EDGE_PING_TIMEOUT", "15"))
-PROTOCOL_VERSION = 1
 MAX_EXPIRY_SLEEP = 30.0
+
+
+def ping_interval_from_env() -> float:
+    """Pings at most 20 s apart and a dead agent noticed within 30 s, as promised; the
+    environment may shorten them (tests, or links through proxies with short idle
+    timers). Read when an edge is built, never at import."""
+    return float(os.environ.get("EG_EDGE_PING_INTERVAL", "10"))
+
+
+def ping_timeout_from_env() -> float:
+    """See :func:`ping_interval_from_env`."""
+    return float(os.environ.get("EG_EDGE_PING_TIMEOUT", "15"))
+
+
+class AgentConnection(EdgeServerConnection):
+    """An agent's WebSocket, carrying the credential its handshake was admitted with
+    (set in ``Edge.process_request``, read by the handler once the link is open)."""
+
+    credential: AgentCredential | None = None
 
 
 def _plain(status: int, body: str, content_type: str = "application/json") -> Response:
@@ -56,15 +70,19 @@ def _plain(status: int, body: str, content_type: str = "application/json") -> Re
 class Edge:
     def __init__(
         self,
-        control_url: str,
+        control_url: str | Sequence[str],
         edge_token: str,
         *,
         tunnel_host: str = "127.0.0.1",
         verify: ssl.SSLContext | str | bool = True,
         poll_wait: float = 25.0,
         clock: Clock = SYSTEM,
+        ping_interval: float | None = None,
+        ping_timeout: float | None = None,
     ) -> None:
         self.clock = clock
+        self.ping_interval = ping_interval_from_env() if ping_interval is None else ping_interval
+        self.ping_timeout = ping_timeout_from_env() if ping_timeout is None else ping_timeout
         self.state = EdgeState()
         self.metrics = EdgeMetrics()
         self.follower = ControlPlaneFollower(
@@ -73,7 +91,6 @@ class Edge:
         self.tunnel_host = tunnel_host
         self.listeners: dict[int, TunnelListener] = {}
         self.links: dict[int, MuxLink] = {}  # agent key id -> link
-        self.link_names: dict[int, str] = {}
         self.conns: dict[int, set[ClientStream]] = {}  # tunnel id -> live client connections
         self._tasks: set[asyncio.Task[Any]] = set()
         self._starting: list[asyncio.Task[None]] = []
@@ -278,11 +295,13 @@ class Edge:
         result = self._authenticate(request)
         if isinstance(result, Response):
             return result
-        connection.eg_credential = result  # type: ignore[attr-defined]
+        assert isinstance(connection, AgentConnection)  # create_connection=AgentConnection
+        connection.credential = result
         return None
 
     async def _agent_handler(self, ws: ServerConnection) -> None:
-        cred: AgentCredential = ws.eg_credential  # type: ignore[attr-defined]
+        assert isinstance(ws, AgentConnection) and ws.credential is not None
+        cred = ws.credential
         peer = ws.remote_address[0] if ws.remote_address else "?"
         old = self.links.get(cred.key_id)
         if old is not None:
@@ -290,17 +309,9 @@ class Edge:
             await old.ws.close(4000, "replaced by a new connection")
         mux = MuxConnection(role="edge")
         link = MuxLink(ws, mux, f"agent {cred.name}")
-        link.mux.send_control(
-            {
-                "type": "hello",
-                "version": PROTOCOL_VERSION,
-                "edge": __version__,
-                "window": mux.initial_window,
-            }
-        )
+        link.mux.send_control(hello(mux.initial_window, edge=__version__))
         link.kick()
         self.links[cred.key_id] = link
-        self.link_names[cred.key_id] = cred.name
         log.info("agent %s connected from %s", cred.name, peer)
         try:
             await link.run()
@@ -320,15 +331,15 @@ class Edge:
             self._agent_handler,
             process_request=self.process_request,
             compression=None,
-            ping_interval=PING_INTERVAL,
-            ping_timeout=PING_TIMEOUT,
+            ping_interval=self.ping_interval,
+            ping_timeout=self.ping_timeout,
             close_timeout=2,  # a dead peer will not answer the closing handshake
             max_size=2 * 1024 * 1024,
             max_queue=64,
             write_limit=512 * 1024,
             ssl=ssl_context,
             server_header=None,
-            create_connection=EdgeServerConnection,
+            create_connection=AgentConnection,
             **kw,
         )
 
@@ -372,40 +383,3 @@ class Edge:
     def port(self) -> int:
         assert self.server is not None
         return int(next(iter(self.server.sockets)).getsockname()[1])
-
-
-async def start_local_edge(
-    *, control_url: str, edge_token: str, listen: str, settings: Any, tls: tuple[str, str] | None
-) -> tuple[asyncio.Task[None], str]:
-    """The edge inside `entryguard up`: follows the local API like any other edge."""
-    from entryguard.control.runner import bind_socket
-    from entryguard.server_cli import parse_listen
-
-    host, port = parse_listen(listen, 8081)
-    sock = bind_socket(host, port, "--edge-listen")
-    ssl_ctx = None
-    verify: ssl.SSLContext | str | bool = True
-    if tls is not None:
-        ssl_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        ssl_ctx.load_cert_chain(tls[0], tls[1])
-        ca = settings.data_dir / "tls" / "ca.pem"
-        verify = ssl.create_default_context(cafile=str(ca)) if ca.exists() else False
-    edge = Edge(control_url, edge_token, tunnel_host=host, verify=verify)
-    await edge.start(host, port, ssl_context=ssl_ctx, sock=sock)
-    try:
-        await edge.wait_synced(10)
-    except BaseException:  # cancelled: the server is stopping while the edge starts
-        await edge.close()
-        raise
-
-    async def run() -> None:
-        try:
-            await asyncio.Future()
-        finally:
-            await edge.close()
-
-    scheme = "wss" if tls else "ws"
-    shown = f"[{host}]" if ":" in host else host
-    return asyncio.get_running_loop().create_task(
-        run(), name="edge"
-    ), f"{scheme}://{shown}:{sock.getsockname()[1]}"

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import httpx
+import pytest
 
 from entryguard.edge.follower import ControlPlaneFollower
 from entryguard.edge.state import EdgeState
@@ -36,6 +37,9 @@ class FakeControlPlane:
         self.snapshots = 0
         self.bad_snapshot = False
         self.polls: list[int] = []
+        # Several replicas share one log: host -> "ok" | "dead" | "hung" | "unready".
+        self.modes: dict[str, str] = {}
+        self.seen: list[tuple[str, str]] = []
 
     def commit(self, *rows: tuple[str, dict[str, Any]]) -> None:
         """One transaction: consecutive revisions sharing a batch number."""
@@ -52,6 +56,16 @@ class FakeControlPlane:
 
     async def handle(self, request: httpx.Request) -> httpx.Response:
         await asyncio.sleep(0.005)  # a real control plane answers later, never inline
+        mode = self.modes.get(request.url.host, "ok")
+        self.seen.append((request.url.host, request.url.path))
+        if mode == "dead":
+            raise httpx.ConnectError("connection refused", request=request)
+        if mode == "hung":
+            await asyncio.sleep(3600)
+        if mode == "unready" and request.url.path.endswith("/health"):
+            return httpx.Response(503, json={"status": "not ready"})
+        if request.url.path.endswith("/health"):
+            return httpx.Response(200, json={"status": "ok"})
         if request.url.path.endswith("/snapshot"):
             self.snapshots += 1
             if self.bad_snapshot:
@@ -67,6 +81,11 @@ class FakeControlPlane:
             )
         since = int(request.url.params["since"])
         self.polls.append(since)
+        wait = float(request.url.params.get("wait", 0))
+        for _ in range(int(wait / 0.01)):  # a long-poll: answer when rows come, or at `wait`
+            if self.revision() > since:
+                break
+            await asyncio.sleep(0.01)
         rows = [r for r in self.rows if r["revision"] > since]
         return httpx.Response(
             200, json={"revision": rows[-1]["revision"] if rows else since, "changes": rows}
@@ -90,13 +109,16 @@ class Followed:
 
 
 @contextlib.asynccontextmanager
-async def following(cp: FakeControlPlane) -> AsyncIterator[Followed]:
+async def following(
+    cp: FakeControlPlane, urls: list[str] | None = None, poll_wait: float = 0
+) -> AsyncIterator[Followed]:
     f = ControlPlaneFollower(
         EdgeState(),
-        "http://cp.invalid",
+        urls or ["http://cp.invalid"],
         "ege_x_y",
-        poll_wait=0,
+        poll_wait=poll_wait,
         transport=httpx.MockTransport(cp.handle),
+        probe_interval=0.2,
     )
     fd = Followed(f)
     task = asyncio.create_task(f.run())
@@ -134,6 +156,7 @@ async def test_a_bad_row_is_reported_then_resynced_past_and_later_changes_still_
         await fd.until(lambda: fd.f.state.revision == 10 and fd.f.connected)
         cp.commit(("grant.frobnicate", {"id": 9}))
         cp.commit(("grant.add", grant(4, "fe80::1%eth0/128")))
+        cp.polls.clear()
         await fd.until(lambda: fd.f.bad_changes >= 1 and fd.f.state.revision == 12)
         assert cp.snapshots >= 2, "no resync after the bad row"
         # The snapshot skipped the poisoned grant and says so; the rest is in force.
@@ -143,7 +166,8 @@ async def test_a_bad_row_is_reported_then_resynced_past_and_later_changes_still_
         cp.grants.pop(4)  # an admin removed the poisoned row: the next snapshot is clean
         cp.commit(("grant.add", grant(5, "192.0.2.0/24")))
         await fd.until(lambda: granted(fd) == ["1", "5"])
-        assert cp.polls.count(10) <= 1, "the bad row was asked for again"
+        # At most the poll in flight at the commit: the bad rows are never asked again.
+        assert cp.polls.count(10) <= 2, "the bad row was asked for again"
 
 
 async def test_an_unusable_snapshot_is_reported_not_called_unreachable_and_retried() -> None:
@@ -157,3 +181,24 @@ async def test_an_unusable_snapshot_is_reported_not_called_unreachable_and_retri
         cp.bad_snapshot = False
         await fd.until(lambda: fd.f.state.revision == 10)
         assert not fd.f.problems and not fd.f.degraded
+
+
+@pytest.mark.parametrize("fault", ["dead", "hung", "unready"])
+async def test_a_failed_replica_is_left_for_the_next_and_the_stream_resumes(fault: str) -> None:
+    cp = FakeControlPlane()
+    urls = ["http://cp1.invalid", "http://cp2.invalid"]
+    loop = asyncio.get_running_loop()
+    # The long-poll waits (poll_wait) like a real one: only the probe can see a hang.
+    async with following(cp, urls, poll_wait=0.5) as fd:
+        await fd.until(lambda: fd.f.state.revision == 10 and fd.f.base.startswith("http://cp1"))
+        cp.modes["cp1.invalid"] = fault
+        t0 = loop.time()
+        await fd.until(lambda: fd.f.base.startswith("http://cp2") and fd.f.connected)
+        assert loop.time() - t0 < 3, "failover took too long"
+        assert fd.f.failovers >= 1
+        cp.commit(("grant.add", grant(2, "192.0.2.0/24")))
+        await fd.until(lambda: granted(fd) == ["1", "2"])
+        cp.commit(("grant.remove", {"id": 1, "resource_id": 1, "reason": "x"}))
+        await fd.until(lambda: granted(fd) == ["2"])
+        # From its own revision: every row once, none skipped.
+        assert fd.f.state.revision == 12
