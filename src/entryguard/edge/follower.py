@@ -91,6 +91,12 @@ class ControlPlaneFollower:
         # Awaited after applying a batch and before asking for more: the next poll's
         # `since` tells the control plane the batch is in force (listeners bound).
         self.after_apply: Callable[[], Awaitable[None]] | None = None
+        # Called once the edge holds the control plane's current state (a snapshot or
+        # a changes answer applied): the edge's offline-grace clock restarts there.
+        self.on_synced: Callable[[], None] | None = None
+        # Events for the control plane's audit (e.g. a fail-closed episode), sent in
+        # order once it answers; kept (bounded) while it does not.
+        self.outbox: list[dict[str, Any]] = []
         self.connected = False
         self.last_contact = 0.0
         self.last_error: str | None = None
@@ -190,8 +196,10 @@ class ControlPlaneFollower:
                     need_snapshot = False
                     if self.after_apply is not None:
                         await self.after_apply()
+                    self._synced()
                 self._mark_ok()
                 misses = 0
+                await self._send_outbox()
                 r = await self._guarded(
                     self._client.get(
                         "/changes", params={"since": self.state.revision, "wait": self.poll_wait}
@@ -209,6 +217,8 @@ class ControlPlaneFollower:
                 if self.after_apply is not None:
                     await self.after_apply()
                 self._mark_ok()
+                if not need_snapshot:
+                    self._synced()
                 backoff = 0.5
             except asyncio.CancelledError:
                 raise
@@ -263,6 +273,20 @@ class ControlPlaneFollower:
         for batch in batches(parsed):
             self.state.apply_batch(batch)
         return bad_batch is not None
+
+    def _synced(self) -> None:
+        self.last_contact = self.clock.time()
+        if self.on_synced is not None:
+            self.on_synced()
+
+    async def _send_outbox(self) -> None:
+        while self.outbox:
+            r = await self._client.post("/events", json=self.outbox[0])
+            if r.status_code == 404:
+                log.warning("the control plane takes no edge events (older version): dropped")
+            else:
+                self._raise_for(r)
+            self.outbox.pop(0)
 
     def _report(self, problem: str) -> None:
         log.warning("%s: resyncing from a fresh snapshot", problem)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from typing import TYPE_CHECKING
 
 from entryguard.mux import MuxError, ResetCode
@@ -87,7 +86,7 @@ class Admission(asyncio.Protocol):
         except ValueError:
             return None
         ip_text = str(ip)
-        if not tunnel.allow.covers(ip, time.time()):
+        if not tunnel.allow.covers(ip, edge.clock.time(), static_only=edge.fail_closed):
             edge.metrics.rejections_total += 1
             log.info(
                 "rejected %s on %s (port %d): no grant covers this IP",
@@ -102,7 +101,7 @@ class Admission(asyncio.Protocol):
             log.info("reset %s on %s: its agent is not connected", ip_text, tunnel.name)
             return None
         try:
-            stream_id = link.mux.open_stream(tunnel.id, f"{ip_text}:{port}", time.monotonic())
+            stream_id = link.mux.open_stream(tunnel.id, f"{ip_text}:{port}", edge.clock.monotonic())
         except MuxError as exc:
             edge.metrics.rejections_total += 1
             log.warning("reset %s on %s: %s", ip_text, tunnel.name, exc)

@@ -79,8 +79,15 @@ class Edge:
         clock: Clock = SYSTEM,
         ping_interval: float | None = None,
         ping_timeout: float | None = None,
+        offline_grace: float = 120.0,
     ) -> None:
         self.clock = clock
+        # Fail closed after this long without the control plane: session and guest
+        # grants stop admitting, static rules stay. 0 keeps everything (fail-static).
+        self.offline_grace = offline_grace
+        self.fail_closed = False
+        self._fail_closed_since = 0.0
+        self._grace_timer: asyncio.TimerHandle | None = None
         self.ping_interval = ping_interval_from_env() if ping_interval is None else ping_interval
         self.ping_timeout = ping_timeout_from_env() if ping_timeout is None else ping_timeout
         self.state = EdgeState()
@@ -95,6 +102,7 @@ class Edge:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._starting: list[asyncio.Task[None]] = []
         self.follower.after_apply = self._settle
+        self.follower.on_synced = self._synced
         self._expiry_timer: asyncio.TimerHandle | None = None
         self._expiry_rearm: asyncio.Handle | None = None
         self.server: Server | None = None
@@ -129,9 +137,9 @@ class Edge:
 
     def _enforce(self, t: Tunnel) -> None:
         """Cut every live connection on this tunnel that no remaining grant covers."""
-        now = self.clock.time()
+        now, static_only = self.clock.time(), self.fail_closed
         for c in list(self.conns.get(t.id, ())):
-            if not t.allow.covers(ip_of(c.ip), now):
+            if not t.allow.covers(ip_of(c.ip), now, static_only=static_only):
                 c.revoke()
         self._schedule_expiry()
 
@@ -181,6 +189,55 @@ class Edge:
         delay = min(max(0.0, min(due) - self.clock.time()), MAX_EXPIRY_SLEEP)
         self._expiry_timer = loop.call_at(loop.time() + delay, self.expire_due)
 
+    # --- offline grace: fail closed without the control plane -----------------------
+
+    def _synced(self) -> None:
+        """The follower holds the control plane's current state again."""
+        if self.fail_closed:
+            since, now = self._fail_closed_since, self.clock.time()
+            self.fail_closed = False
+            log.warning(
+                "control plane back after %.0f s fail-closed: session and guest grants "
+                "admitted again",
+                now - since,
+            )
+            self.follower.outbox = [
+                *self.follower.outbox[-99:],
+                {"type": "fail_closed", "since": since, "until": now},
+            ]
+        self._arm_grace()
+
+    def _arm_grace(self) -> None:
+        if self.offline_grace <= 0:
+            return
+        if self._grace_timer is not None:
+            self._grace_timer.cancel()
+        last = self.follower.last_contact or self.started_at
+        delay = max(0.0, last + self.offline_grace - self.clock.time())
+        loop = asyncio.get_running_loop()
+        self._grace_timer = loop.call_at(loop.time() + delay, self.check_grace)
+
+    def check_grace(self) -> None:
+        """Fail closed when the control plane has been away longer than the grace (the
+        timer calls this; tests call it after moving a fake clock)."""
+        self._grace_timer = None
+        if self.offline_grace <= 0 or self.fail_closed:
+            return
+        last = self.follower.last_contact or self.started_at
+        if self.clock.time() - last < self.offline_grace:
+            self._arm_grace()  # contact came in meanwhile (health probes)
+            return
+        self.fail_closed = True
+        self._fail_closed_since = self.clock.time()
+        log.error(
+            "no confirmed change stream for %.0f s (--offline-grace): failing closed; "
+            "session and guest grants are refused and their connections reset, static "
+            "rules still admit",
+            self.clock.time() - last,
+        )
+        for t in self.state.tunnels.values():
+            self._enforce(t)
+
     def _spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> None:
         """A background task the edge owns: kept until done, cancelled by close()."""
         task = asyncio.get_running_loop().create_task(coro, name=name)
@@ -195,9 +252,11 @@ class Edge:
     # --- HTTP: /health, /metrics, and the agent endpoint's checks ----------------------
 
     def health(self) -> tuple[int, dict[str, Any]]:
-        degraded = self.follower.degraded
+        degraded = self.follower.degraded or self.fail_closed
+        status = "fail-closed" if self.fail_closed else "degraded" if degraded else "ok"
         body = {
-            "status": "degraded" if degraded else "ok",
+            "status": status,
+            "fail_closed": self.fail_closed,
             "version": __version__,
             # Why it is degraded, in the edge's own words (details are in its log).
             "problems": list(self.follower.problems),
@@ -229,6 +288,10 @@ class Edge:
                     0.0 if self.follower.degraded else 1.0,
                 ),
                 "revision": ("Applied change-log revision", float(self.state.revision)),
+                "fail_closed": (
+                    "1 while session and guest grants are refused (no control plane)",
+                    1.0 if self.fail_closed else 0.0,
+                ),
                 "sync_problems": (
                     "Unapplied changes or skipped snapshot rows standing now",
                     float(len(self.follower.problems)),
@@ -326,6 +389,7 @@ class Edge:
         self, host: str, port: int, *, ssl_context: ssl.SSLContext | None = None, sock: Any = None
     ) -> None:
         self._spawn(self.follower.run(), "edge-follower")
+        self._arm_grace()  # counts from start-up until the first snapshot
         kw: dict[str, Any] = {"sock": sock} if sock is not None else {"host": host, "port": port}
         self.server = await websockets.serve(
             self._agent_handler,
@@ -354,7 +418,7 @@ class Edge:
         """Stop: live tunnel connections are reset (the client sees a TCP RST, not a
         connection left hanging), agent links get close code 1001 (going away)."""
         # Following the control plane first: no tunnel opens or closes from here on.
-        for h in (self._expiry_timer, self._expiry_rearm):
+        for h in (self._expiry_timer, self._expiry_rearm, self._grace_timer):
             if h is not None:
                 h.cancel()
         tasks = list(self._tasks)

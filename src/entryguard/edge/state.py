@@ -220,7 +220,9 @@ class EdgeState:
 
 
 def _entry(g: GrantAdd) -> Entry:
-    return Entry(str(g.id), parse_cidr(g.cidr, allow_any=True), _ts(g.expires_at))
+    return Entry(
+        str(g.id), parse_cidr(g.cidr, allow_any=True), _ts(g.expires_at), g.source == "rule"
+    )
 
 
 def _credential(a: AgentUpsert) -> AgentCredential:

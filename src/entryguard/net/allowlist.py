@@ -14,6 +14,7 @@ class Entry:
     grant_id: str
     network: IPNetwork
     expires_at: float | None  # unix time; None = no expiry
+    static: bool = False  # a static rule: still admitted when the edge fails closed
 
 
 class AllowList:
@@ -36,10 +37,14 @@ class AllowList:
     def entries(self) -> list[Entry]:
         return list(self._entries.values())
 
-    def covers(self, ip: IPAddress, now: float) -> bool:
+    def covers(self, ip: IPAddress, now: float, *, static_only: bool = False) -> bool:
+        """True when a live grant covers ``ip``; with ``static_only``, only a static rule
+        counts (an edge that fails closed without its control plane)."""
         ip = normalize_ip(ip)
         for e in self._entries.values():
             if e.expires_at is not None and e.expires_at <= now:
+                continue
+            if static_only and not e.static:
                 continue
             if ip.version == e.network.version and ip in e.network:
                 return True
