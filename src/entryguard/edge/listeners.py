@@ -110,12 +110,26 @@ class Admission(asyncio.Protocol):
 
 
 class TunnelListener:
+    """A tunnel's port. A bind that fails (the port taken, say by an outgoing
+    connection's ephemeral port) is retried by the edge with backoff; ``error`` says why
+    it is not listening, for /health, and is logged once per change."""
+
+    RETRY_FIRST = 0.5
+    RETRY_MAX = 30.0
+
     def __init__(self, edge: Edge, tunnel: Tunnel) -> None:
         self.edge = edge
         self.tunnel = tunnel
         self.server: asyncio.Server | None = None
+        self.error: str | None = None
+        self.retry_at = 0.0  # monotonic time of the next try while unbound
+        self._retry_delay = self.RETRY_FIRST
 
-    async def start(self, host: str) -> None:
+    @property
+    def bound(self) -> bool:
+        return self.server is not None
+
+    async def start(self, host: str) -> bool:
         loop = asyncio.get_running_loop()
         tunnel = self.tunnel
         try:
@@ -126,11 +140,28 @@ class TunnelListener:
                 reuse_address=True,
                 backlog=1024,
             )
-            log.info("listening for tunnel %s on %s:%d", tunnel.name, host, tunnel.port)
         except OSError as exc:
-            log.error(
-                "cannot listen on %s:%d for tunnel %s: %s", host, tunnel.port, tunnel.name, exc
-            )
+            error = exc.strerror or type(exc).__name__
+            self.edge.metrics.listen_failures_total += 1
+            if error != self.error:
+                log.error(
+                    "cannot listen on %s:%d for tunnel %s: %s; retrying with backoff",
+                    host,
+                    tunnel.port,
+                    tunnel.name,
+                    error,
+                )
+            self.error = error
+            self.retry_at = self.edge.clock.monotonic() + self._retry_delay
+            self._retry_delay = min(self._retry_delay * 2, self.RETRY_MAX)
+            return False
+        if self.error is not None:
+            log.info("tunnel %s listens on %s:%d again", tunnel.name, host, tunnel.port)
+        else:
+            log.info("listening for tunnel %s on %s:%d", tunnel.name, host, tunnel.port)
+        self.error = None
+        self._retry_delay = self.RETRY_FIRST
+        return True
 
     async def stop(self) -> None:
         if self.server is not None:

@@ -19,6 +19,8 @@ class EdgeMetrics:
     """Bytes from agents relayed to clients."""
     protocol_errors_total: int = 0
     """Mux protocol errors (stream- or connection-scoped)."""
+    listen_failures_total: int = 0
+    """Failed attempts to bind a tunnel port (each retried with backoff)."""
     bad_changes_total: int = 0
     """Change-log rows the edge could not apply (each followed by a fresh snapshot)."""
 

@@ -88,6 +88,7 @@ class Edge:
         self.fail_closed = False
         self._fail_closed_since = 0.0
         self._grace_timer: asyncio.TimerHandle | None = None
+        self._bind_timer: asyncio.TimerHandle | None = None
         self.ping_interval = ping_interval_from_env() if ping_interval is None else ping_interval
         self.ping_timeout = ping_timeout_from_env() if ping_timeout is None else ping_timeout
         self.state = EdgeState()
@@ -100,7 +101,7 @@ class Edge:
         self.links: dict[int, MuxLink] = {}  # agent key id -> link
         self.conns: dict[int, set[ClientStream]] = {}  # tunnel id -> live client connections
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._starting: list[asyncio.Task[None]] = []
+        self._starting: list[asyncio.Task[bool]] = []
         self.follower.after_apply = self._settle
         self.follower.on_synced = self._synced
         self._expiry_timer: asyncio.TimerHandle | None = None
@@ -123,10 +124,43 @@ class Edge:
         self._schedule_expiry()
 
     async def _settle(self) -> None:
-        """Wait for listeners opened by the changes just applied (see follower.after_apply)."""
+        """Wait for listeners opened by the changes just applied (see follower.after_apply),
+        then reconcile the listeners with the tunnels the state holds."""
         starting, self._starting = self._starting, []
         if starting:
             await asyncio.gather(*starting, return_exceptions=True)
+        await self.reconcile_listeners()
+
+    async def reconcile_listeners(self) -> None:
+        """Open what is missing, close what is gone, retry the unbound ones that are due;
+        then arm the retry timer for the next one due."""
+        for tid in [tid for tid in self.listeners if tid not in self.state.tunnels]:
+            await self.listeners.pop(tid).stop()
+        now = self.clock.monotonic()
+        for t in self.state.tunnels.values():
+            lst = self.listeners.get(t.id)
+            if lst is None or lst.tunnel is not t:
+                if lst is not None:
+                    await lst.stop()
+                lst = self.listeners[t.id] = TunnelListener(self, t)
+                await lst.start(self.tunnel_host)
+            elif not lst.bound and lst.retry_at <= now:
+                await lst.start(self.tunnel_host)
+        self._arm_bind_retry()
+
+    def _arm_bind_retry(self) -> None:
+        if self._bind_timer is not None:
+            self._bind_timer.cancel()
+            self._bind_timer = None
+        due = [lst.retry_at for lst in self.listeners.values() if not lst.bound]
+        if not due:
+            return
+        loop = asyncio.get_running_loop()
+        delay = max(0.0, min(due) - self.clock.monotonic())
+        self._bind_timer = loop.call_at(
+            loop.time() + delay,
+            lambda: self._spawn(self.reconcile_listeners(), "bind-retry"),
+        )
 
     def _tunnel_removed(self, t: Tunnel) -> None:
         lst = self.listeners.pop(t.id, None)
@@ -252,11 +286,17 @@ class Edge:
     # --- HTTP: /health, /metrics, and the agent endpoint's checks ----------------------
 
     def health(self) -> tuple[int, dict[str, Any]]:
-        degraded = self.follower.degraded or self.fail_closed
+        unbound = sorted(
+            (lst.tunnel.port, lst.error or "not bound")
+            for lst in self.listeners.values()
+            if not lst.bound
+        )
+        degraded = self.follower.degraded or self.fail_closed or bool(unbound)
         status = "fail-closed" if self.fail_closed else "degraded" if degraded else "ok"
         body = {
             "status": status,
             "fail_closed": self.fail_closed,
+            "unbound_ports": [{"port": p, "error": e} for p, e in unbound],
             "version": __version__,
             # Why it is degraded, in the edge's own words (details are in its log).
             "problems": list(self.follower.problems),
@@ -288,6 +328,10 @@ class Edge:
                     0.0 if self.follower.degraded else 1.0,
                 ),
                 "revision": ("Applied change-log revision", float(self.state.revision)),
+                "tunnels_unbound": (
+                    "Tunnel ports that could not be bound (retried with backoff)",
+                    float(sum(1 for lst in self.listeners.values() if not lst.bound)),
+                ),
                 "fail_closed": (
                     "1 while session and guest grants are refused (no control plane)",
                     1.0 if self.fail_closed else 0.0,
@@ -418,7 +462,7 @@ class Edge:
         """Stop: live tunnel connections are reset (the client sees a TCP RST, not a
         connection left hanging), agent links get close code 1001 (going away)."""
         # Following the control plane first: no tunnel opens or closes from here on.
-        for h in (self._expiry_timer, self._expiry_rearm, self._grace_timer):
+        for h in (self._expiry_timer, self._expiry_rearm, self._grace_timer, self._bind_timer):
             if h is not None:
                 h.cancel()
         tasks = list(self._tasks)
