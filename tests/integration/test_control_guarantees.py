@@ -34,6 +34,7 @@ from entryguard.agent.config import (
     TunnelSection,
 )
 from entryguard.agent.control_client import ControlClient
+from entryguard.clock import SYSTEM
 from entryguard.control.bootstrap import migrate_and_bootstrap
 from entryguard.control.db.database import Database, sqlite_url_for
 from entryguard.control.db.models import (
@@ -48,7 +49,6 @@ from entryguard.control.db.models import (
     RoleUser,
     Session,
     User,
-    utcnow,
 )
 from entryguard.control.services import access_rules, apikeys, resources, roles, sessions
 from entryguard.control.services.expiry import expire_once
@@ -285,7 +285,7 @@ async def test_a_login_token_past_its_expiry_is_refused(api: Api) -> None:
             await s.execute(
                 update(LoginToken)
                 .where(LoginToken.prefix == prefix)
-                .values(expires_at=utcnow() - timedelta(seconds=1))
+                .values(expires_at=SYSTEM.now() - timedelta(seconds=1))
             )
         ).rowcount
     assert n == 1
@@ -294,7 +294,8 @@ async def test_a_login_token_past_its_expiry_is_refused(api: Api) -> None:
         assert r.status_code == 401, (path, r.text)
         assert r.headers["content-type"].startswith("application/json")
         assert r.json()["error"]["code"] == "unauthorized"
-        assert "eg login" in r.json()["error"]["message"]
+        # plain: the hint to run `eg login` is the CLI's (cli/hints.py)
+        assert r.json()["error"]["message"] == "not logged in or the login expired"
     r = await api.call("POST", "/sessions", tok, json={"duration": "1h"})
     assert r.status_code == 401
     async with api.db.read() as s:
@@ -641,7 +642,7 @@ async def test_two_expiry_workers_on_one_postgres_expire_each_row_once(
         await migrate_and_bootstrap(a, pg_url)
         seeded = await seed_due(a, 30, 6, seconds=3600, tag="w")
         async with a.write() as s:  # all of it is due now
-            past = utcnow() - timedelta(seconds=1)
+            past = SYSTEM.now() - timedelta(seconds=1)
             await s.execute(update(Session).values(expires_at=past))
             await s.execute(update(GuestAccess).values(expires_at=past))
             await s.execute(update(Grant).values(expires_at=past))

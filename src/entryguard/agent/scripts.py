@@ -31,13 +31,13 @@ import random
 import signal
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from entryguard.agent.config import AgentConfig
 from entryguard.agent.control_client import ControlClient, ControlPlaneError
+from entryguard.clock import SYSTEM, Clock
 from entryguard.errors import Forbidden
 from entryguard.net import CidrError, parse_cidr
 
@@ -297,7 +297,8 @@ def _spawn(argv: list[str], env: dict[str, str], cwd: Path) -> tuple[subprocess.
 
 
 class ScriptRunner:
-    def __init__(self, cfg: AgentConfig, control: ControlClient) -> None:
+    def __init__(self, cfg: AgentConfig, control: ControlClient, clock: Clock = SYSTEM) -> None:
+        self.clock = clock  # times scripts and bounds report retries (monotonic)
         self.control = control
         self.allowed_dirs = list(cfg.scripts.allowed_dirs)
         self.timeout = float(cfg.scripts.timeout_seconds)
@@ -364,10 +365,10 @@ class ScriptRunner:
 
     async def execute(self, cmd: Command) -> Outcome:
         """Run one command; never raises (a refusal or a crash becomes a failed outcome)."""
-        t0 = time.monotonic()
+        t0 = self.clock.monotonic()
 
         def ms() -> int:
-            return int((time.monotonic() - t0) * 1000)
+            return int((self.clock.monotonic() - t0) * 1000)
 
         try:
             real = resolve_script(cmd, self.allowed_dirs)
@@ -411,7 +412,7 @@ class ScriptRunner:
         finally:
             self._current = None
             capture.close()
-        duration = int((time.monotonic() - t0) * 1000)
+        duration = int((self.clock.monotonic() - t0) * 1000)
         if error is None and rc < 0:
             error = f"the script was killed by signal {_signal_name(-rc)}"
         exit_code = rc if rc >= 0 and error is None else None
@@ -449,7 +450,7 @@ class ScriptRunner:
         self, cmd: Command, outcome: Outcome, give_up_after: float | None = None
     ) -> None:
         """Send the result, retrying while the control plane is unreachable."""
-        deadline = None if give_up_after is None else time.monotonic() + give_up_after
+        deadline = None if give_up_after is None else self.clock.monotonic() + give_up_after
         failures = 0
         while True:
             try:
@@ -467,7 +468,7 @@ class ScriptRunner:
                     return
                 failures += 1
                 delay = _backoff(failures)
-                if deadline is not None and time.monotonic() + delay > deadline:
+                if deadline is not None and self.clock.monotonic() + delay > deadline:
                     log.error(
                         "[scripts] command %d: could not report the result (%s); it stays "
                         "'running' on the control plane",

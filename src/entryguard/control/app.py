@@ -14,6 +14,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from entryguard import __version__
+from entryguard.clock import SYSTEM, Clock
 from entryguard.control.api import (
     admin_access,
     admin_directory,
@@ -46,9 +47,14 @@ async def _prune_loop(db: Database, retention: int) -> None:
 
 
 def create_app(
-    settings: Settings, db: Database | None = None, *, background: bool = True
+    settings: Settings,
+    db: Database | None = None,
+    *,
+    background: bool = True,
+    clock: Clock = SYSTEM,
 ) -> FastAPI:
-    database = db or Database(settings.database_url)
+    """The app on ``db`` (its clock), or on a Database of its own reading ``clock``."""
+    database = db or Database(settings.database_url, clock=clock)
     notifier = ChangeNotifier(database)
     expiry_wake = asyncio.Event()  # a commit may have added an earlier expiry
     database.on_commit_changes.append(expiry_wake.set)

@@ -15,6 +15,7 @@ from typing import Any
 import uvicorn
 
 from entryguard import aio
+from entryguard.clock import SystemClock
 from entryguard.control.app import create_app
 from entryguard.control.banner import print_banner
 from entryguard.control.bootstrap import migrate_and_bootstrap
@@ -132,7 +133,7 @@ async def run_control_plane(
             server.request_stop(sig)
 
     aio.on_stop_signals(on_signal)
-    db = Database(settings.database_url)
+    db = Database(settings.database_url, clock=SystemClock())  # the process's one clock
     try:
         first = await migrate_and_bootstrap(db, settings.database_url)
     except BaseException:

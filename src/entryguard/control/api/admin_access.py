@@ -12,6 +12,7 @@ from entryguard.control.api.admin_directory import admin, duration_or_400
 from entryguard.control.api.deps import ctx, edges_apply
 from entryguard.control.api.schemas import GuestCreateIn, ResourceCreateIn, RuleCreateIn
 from entryguard.control.auth.principal import Principal
+from entryguard.control.db.clocked import clock_of
 from entryguard.control.db.models import (
     ApiKey,
     AuditEvent,
@@ -20,7 +21,6 @@ from entryguard.control.db.models import (
     Session,
     StaticRule,
     User,
-    utcnow,
 )
 from entryguard.control.services import access_rules, resources, sessions
 from entryguard.control.services.agents import list_agents
@@ -143,8 +143,13 @@ async def list_guests(
             .order_by(GuestAccess.id)
         )
         if active:
-            q = q.where(GuestAccess.ended_at.is_(None), GuestAccess.expires_at > utcnow())
-        return {"items": [guest_view(g, name) for g, name in (await s.execute(q)).all()]}
+            q = q.where(GuestAccess.ended_at.is_(None), GuestAccess.expires_at > clock_of(s).now())
+        return {
+            "items": [
+                guest_view(g, name, ctx(request).db.clock.now())
+                for g, name in (await s.execute(q)).all()
+            ]
+        }
 
 
 @router.post("/guests", status_code=201)
@@ -158,7 +163,7 @@ async def grant_guest(
             s, r, body.cidr, seconds, body.note, body.allow_any, p.actor
         )
     await edges_apply(request, s.info.get("revision"))
-    return {"guest": guest_view(g, r.name)}
+    return {"guest": guest_view(g, r.name, ctx(request).db.clock.now())}
 
 
 @router.delete("/guests/{guest_id}")
@@ -171,7 +176,7 @@ async def revoke_guest(
         g, r = await access_rules.revoke_guest(s, guest_id, p.actor)
     await edges_apply(request, s.info.get("revision"))
     # "revoked": whether this call ended it (false: it had already ended).
-    return {"guest": guest_view(g, r.name), "revoked": was_active}
+    return {"guest": guest_view(g, r.name, ctx(request).db.clock.now()), "revoked": was_active}
 
 
 @router.get("/sessions")
@@ -186,8 +191,13 @@ async def list_sessions(
             .limit(500)
         )
         if active:
-            q = q.where(Session.ended_at.is_(None), Session.expires_at > utcnow())
-        return {"items": [session_view(x, email) for x, email in (await s.execute(q)).all()]}
+            q = q.where(Session.ended_at.is_(None), Session.expires_at > clock_of(s).now())
+        return {
+            "items": [
+                session_view(x, email, ctx(request).db.clock.now())
+                for x, email in (await s.execute(q)).all()
+            ]
+        }
 
 
 @router.delete("/sessions/{session_id}")
@@ -210,7 +220,10 @@ async def revoke_session(
             await sessions.end_session(s, sess, user, "revoked", p.actor)
     await edges_apply(request, s.info.get("revision"))
     # "revoked": whether this call ended it (false: it had already ended).
-    return {"session": session_view(sess, user.email), "revoked": was_active}
+    return {
+        "session": session_view(sess, user.email, ctx(request).db.clock.now()),
+        "revoked": was_active,
+    }
 
 
 @router.get("/agents")
@@ -232,7 +245,10 @@ async def audit_log(
 ) -> dict[str, Any]:
     q = select(AuditEvent).where(AuditEvent.id > after_id)
     if since:
-        q = q.where(AuditEvent.ts >= utcnow() - timedelta(seconds=duration_or_400(since, "since")))
+        q = q.where(
+            AuditEvent.ts
+            >= ctx(request).db.clock.now() - timedelta(seconds=duration_or_400(since, "since"))
+        )
     if actor:
         q = q.where(AuditEvent.actor.contains(actor))
     if action:

@@ -10,7 +10,8 @@ from entryguard.control.api.deps import client_ip, ctx
 from entryguard.control.api.deps import principal as get_principal
 from entryguard.control.api.schemas import LoginIn
 from entryguard.control.auth.principal import Principal
-from entryguard.control.db.models import LoginToken, Organization, utcnow
+from entryguard.control.db.clocked import clock_of
+from entryguard.control.db.models import LoginToken, Organization
 from entryguard.control.services import users
 from entryguard.control.services.journal import audit, iso
 from entryguard.control.services.views import user_view
@@ -38,7 +39,7 @@ async def logout(request: Request, p: Principal = Depends(get_principal)) -> Res
         async with ctx(request).db.write() as s:
             tok = await s.get(LoginToken, p.login_token.id)
             if tok is not None and tok.revoked_at is None:
-                tok.revoked_at = utcnow()
+                tok.revoked_at = clock_of(s).now()
             await audit(
                 s, p.actor, "auth.logout", p.user.email, ip=client_ip(request), org_id=p.user.org_id
             )

@@ -12,7 +12,7 @@ from sqlalchemy import update
 
 from entryguard.control.auth.principal import Principal, authenticate
 from entryguard.control.db.database import Database
-from entryguard.control.db.models import ApiKey, utcnow
+from entryguard.control.db.models import ApiKey
 from entryguard.control.settings import Settings
 from entryguard.errors import Unauthorized
 from entryguard.net import CidrError, normalize_ip, parse_ip
@@ -61,7 +61,7 @@ async def principal(request: Request) -> Principal:
 async def _touch_key(db: Database, key: ApiKey) -> None:
     # last_used_at is informational: updated at most once a minute, outside the
     # serialised write path (it changes no access and writes no audit event).
-    now = utcnow()
+    now = db.clock.now()
     if key.last_used_at is None or now - key.last_used_at > timedelta(seconds=60):
         async with db.sessions() as s, s.begin():
             await s.execute(update(ApiKey).where(ApiKey.id == key.id).values(last_used_at=now))

@@ -47,7 +47,7 @@ async def start(
     async with c.db.write() as s:
         out = await sessions.start_session(s, p.user, client_ip(request), seconds, c.settings)
         result = {
-            "session": session_view(out["session"], p.user.email),
+            "session": session_view(out["session"], p.user.email, ctx(request).db.clock.now()),
             "resources": [resource_view(r, c.settings) for r in out["resources"]],
             "capped": out["capped"],
             "requested_seconds": out["requested_seconds"],
@@ -64,7 +64,7 @@ async def current(request: Request, p: Principal = Depends(_sessions_principal))
         sess = await sessions.active_session(s, p.user.id)
         res = await user_resources(s, p.user.id)
     return {
-        "session": session_view(sess, p.user.email) if sess else None,
+        "session": session_view(sess, p.user.email, ctx(request).db.clock.now()) if sess else None,
         "resources": [resource_view(r, c.settings) for r in res],
     }
 
@@ -74,7 +74,7 @@ async def stop(request: Request, p: Principal = Depends(_sessions_principal)) ->
     async with ctx(request).db.write() as s:
         sess = await sessions.stop_session(s, p.user, client_ip(request))
     await edges_apply(request, s.info.get("revision"))
-    return {"session": session_view(sess, p.user.email)}
+    return {"session": session_view(sess, p.user.email, ctx(request).db.clock.now())}
 
 
 @router.get("/sessions/history")
@@ -88,4 +88,4 @@ async def history(request: Request, p: Principal = Depends(_sessions_principal))
                 .limit(100)
             )
         ).scalars()
-        return {"items": [session_view(x, p.user.email) for x in rows]}
+        return {"items": [session_view(x, p.user.email, ctx(request).db.clock.now()) for x in rows]}

@@ -8,7 +8,8 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from entryguard.control.auth.secrets import matches, split_prefix
-from entryguard.control.db.models import ApiKey, LoginToken, User, utcnow
+from entryguard.control.db.clocked import clock_of
+from entryguard.control.db.models import ApiKey, LoginToken, User
 from entryguard.errors import Forbidden, Unauthorized
 
 
@@ -46,7 +47,7 @@ async def authenticate(s: AsyncSession, secret: str) -> Principal:
     prefix = split_prefix(secret)
     if prefix is None:
         raise bad
-    now = utcnow()
+    now = clock_of(s).now()
     if prefix.startswith("egs_"):
         tok = (
             await s.execute(select(LoginToken).where(LoginToken.prefix == prefix))

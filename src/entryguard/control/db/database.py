@@ -24,6 +24,9 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 
+from entryguard.clock import SYSTEM, Clock
+from entryguard.control.db.clocked import ClockSession
+
 WRITE_LOCK_KEY = 0x45475752  # "EGWR"
 
 
@@ -42,8 +45,10 @@ def sqlite_url_for(data_dir: Path) -> str:
 
 
 class Database:
-    def __init__(self, url: str, *, echo: bool = False) -> None:
+    def __init__(self, url: str, *, echo: bool = False, clock: Clock = SYSTEM) -> None:
         self.url = async_url(url)
+        self.clock = clock
+        """The time every service reads, through the sessions (:func:`clock_of`)."""
         self.dialect = make_url(self.url).get_backend_name()
         kwargs: dict[str, Any] = {"echo": echo}
         if self.dialect == "sqlite":
@@ -53,7 +58,9 @@ class Database:
         self.engine: AsyncEngine = create_async_engine(self.url, **kwargs)
         if self.dialect == "sqlite":
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
-        self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
+        self.sessions = async_sessionmaker(
+            self.engine, expire_on_commit=False, sync_session_class=ClockSession, clock=clock
+        )
         self._local_write_lock = asyncio.Lock()
         self.on_commit_changes: list[Callable[[], None]] = []
 

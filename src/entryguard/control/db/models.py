@@ -21,12 +21,10 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
+from entryguard.control.db.clocked import STAMP
+
 # BigInteger ids on PostgreSQL, INTEGER PRIMARY KEY (rowid alias) on SQLite.
 BigId = BigInteger().with_variant(Integer(), "sqlite")
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -57,7 +55,7 @@ class Organization(Base):
     __tablename__ = "organizations"
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     name: Mapped[str] = mapped_column(String(64))
-    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(info=STAMP)
 
 
 class User(Base):
@@ -67,7 +65,7 @@ class User(Base):
     email: Mapped[str] = mapped_column(String(254), unique=True)
     password_hash: Mapped[str] = mapped_column(String(255))
     is_admin: Mapped[bool] = mapped_column(Boolean, default=False)
-    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(info=STAMP)
     disabled_at: Mapped[datetime | None] = mapped_column(default=None)
 
 
@@ -78,7 +76,7 @@ class Role(Base):
     org_id: Mapped[int] = mapped_column(ForeignKey("organizations.id"))
     name: Mapped[str] = mapped_column(String(64))
     max_duration_seconds: Mapped[int] = mapped_column(Integer)
-    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(info=STAMP)
 
 
 class RoleUser(Base):
@@ -112,7 +110,7 @@ class ApiKey(Base):
     prefix: Mapped[str] = mapped_column(String(32), unique=True)
     key_hash: Mapped[str] = mapped_column(String(64))
     scopes: Mapped[str] = mapped_column(String(200))
-    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(info=STAMP)
     expires_at: Mapped[datetime | None] = mapped_column(default=None)
     revoked_at: Mapped[datetime | None] = mapped_column(default=None)
     last_used_at: Mapped[datetime | None] = mapped_column(default=None)
@@ -128,7 +126,7 @@ class LoginToken(Base):
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
     prefix: Mapped[str] = mapped_column(String(32), unique=True)
     token_hash: Mapped[str] = mapped_column(String(64))
-    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(info=STAMP)
     expires_at: Mapped[datetime] = mapped_column()
     revoked_at: Mapped[datetime | None] = mapped_column(default=None)
 
@@ -139,7 +137,7 @@ class EdgeToken(Base):
     name: Mapped[str] = mapped_column(String(64))
     prefix: Mapped[str] = mapped_column(String(32), unique=True)
     token_hash: Mapped[str] = mapped_column(String(64))
-    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(info=STAMP)
     revoked_at: Mapped[datetime | None] = mapped_column(default=None)
 
 
@@ -157,7 +155,7 @@ class Resource(Base):
     script_dir: Mapped[str | None] = mapped_column(String(1024), default=None)
     # The edge port: allocated once, unique, kept for the life of the tunnel.
     port: Mapped[int | None] = mapped_column(Integer, unique=True, default=None)
-    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(info=STAMP)
 
 
 class Session(Base):
@@ -176,7 +174,7 @@ class Session(Base):
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
     ip: Mapped[str] = mapped_column(String(64))
-    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[datetime] = mapped_column(info=STAMP)
     expires_at: Mapped[datetime] = mapped_column()
     ended_at: Mapped[datetime | None] = mapped_column(default=None)
     end_reason: Mapped[str | None] = mapped_column(String(32), default=None)
@@ -189,7 +187,7 @@ class StaticRule(Base):
     cidr: Mapped[str] = mapped_column(String(64))
     description: Mapped[str] = mapped_column(String(256), default="")
     created_by: Mapped[str] = mapped_column(String(254))
-    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(info=STAMP)
 
 
 class GuestAccess(Base):
@@ -199,7 +197,7 @@ class GuestAccess(Base):
     cidr: Mapped[str] = mapped_column(String(64))
     note: Mapped[str] = mapped_column(String(256), default="")
     created_by: Mapped[str] = mapped_column(String(254))
-    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(info=STAMP)
     expires_at: Mapped[datetime] = mapped_column()
     ended_at: Mapped[datetime | None] = mapped_column(default=None)
     end_reason: Mapped[str | None] = mapped_column(String(32), default=None)
@@ -219,7 +217,7 @@ class Grant(Base):
     source: Mapped[str] = mapped_column(String(16))  # session | rule | guest
     source_id: Mapped[int] = mapped_column(BigInteger)
     expires_at: Mapped[datetime | None] = mapped_column(default=None)
-    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(info=STAMP)
 
 
 class AgentCommand(Base):
@@ -236,7 +234,7 @@ class AgentCommand(Base):
     cidr: Mapped[str] = mapped_column(String(64))
     description: Mapped[str] = mapped_column(String(512))
     status: Mapped[str] = mapped_column(String(16), default="pending")
-    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(info=STAMP)
     claimed_at: Mapped[datetime | None] = mapped_column(default=None)
     finished_at: Mapped[datetime | None] = mapped_column(default=None)
     exit_code: Mapped[int | None] = mapped_column(Integer, default=None)
@@ -256,7 +254,7 @@ class AgentStatus(Base):
     os: Mapped[str] = mapped_column(String(64), default="")
     modes: Mapped[str] = mapped_column(String(64), default="")
     tunnel_connected: Mapped[bool] = mapped_column(Boolean, default=False)
-    last_heartbeat: Mapped[datetime] = mapped_column(default=utcnow)
+    last_heartbeat: Mapped[datetime] = mapped_column(info=STAMP)
     offline: Mapped[bool] = mapped_column(Boolean, default=False)
 
 
@@ -266,7 +264,7 @@ class AuditEvent(Base):
     __tablename__ = "audit_events"
     __table_args__ = {"sqlite_autoincrement": True}  # noqa: RUF012
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
-    ts: Mapped[datetime] = mapped_column(default=utcnow)
+    ts: Mapped[datetime] = mapped_column(info=STAMP)
     org_id: Mapped[int | None] = mapped_column(BigInteger, default=None)
     actor: Mapped[str] = mapped_column(String(254))
     action: Mapped[str] = mapped_column(String(64), index=True)
@@ -286,6 +284,6 @@ class Change(Base):
     revision: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     op: Mapped[str] = mapped_column(String(32))
     data: Mapped[str] = mapped_column(Text)
-    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(info=STAMP)
     # The revision of the first row its transaction wrote: edges apply a batch whole.
     batch: Mapped[int | None] = mapped_column(BigInteger, nullable=True)

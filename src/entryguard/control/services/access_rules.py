@@ -7,7 +7,8 @@ from datetime import timedelta
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from entryguard.control.db.models import GuestAccess, Resource, StaticRule, utcnow
+from entryguard.control.db.clocked import clock_of
+from entryguard.control.db.models import GuestAccess, Resource, StaticRule
 from entryguard.control.services.grants import add_grant, remove_source_grants
 from entryguard.control.services.journal import audit
 from entryguard.control.services.validation import check_cidr, check_text
@@ -77,7 +78,7 @@ async def grant_guest(
         cidr=cidr,
         note=note,
         created_by=actor,
-        expires_at=utcnow() + timedelta(seconds=seconds),
+        expires_at=clock_of(s).now() + timedelta(seconds=seconds),
     )
     s.add(g)
     await s.flush()
@@ -94,7 +95,7 @@ async def grant_guest(
 
 
 async def end_guest(s: AsyncSession, g: GuestAccess, r: Resource, reason: str, actor: str) -> None:
-    g.ended_at = utcnow()
+    g.ended_at = clock_of(s).now()
     g.end_reason = reason
     await remove_source_grants(s, "guest", g.id, reason, f"guest {g.id} {g.note}".strip())
     action = "guest.expire" if reason == "expired" else "guest.revoke"
@@ -123,7 +124,7 @@ async def due_guests(s: AsyncSession, *, lock: bool) -> list[tuple[GuestAccess, 
     q = (
         select(GuestAccess, Resource)
         .join(Resource, Resource.id == GuestAccess.resource_id)
-        .where(GuestAccess.ended_at.is_(None), GuestAccess.expires_at <= utcnow())
+        .where(GuestAccess.ended_at.is_(None), GuestAccess.expires_at <= clock_of(s).now())
         .limit(200)
     )
     if lock:

@@ -10,8 +10,9 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from entryguard.control.db.clocked import clock_of
 from entryguard.control.db.database import Database
-from entryguard.control.db.models import AgentStatus, ApiKey, Resource, utcnow
+from entryguard.control.db.models import AgentStatus, ApiKey, Resource
 from entryguard.control.services.journal import audit, iso
 from entryguard.control.services.views import target
 
@@ -28,7 +29,7 @@ async def heartbeat(s: AsyncSession, key: ApiKey, info: dict[str, Any], ip: str)
     st.os = info.get("os", "")
     st.modes = ",".join(info.get("modes", []))
     st.tunnel_connected = bool(info.get("tunnel_connected"))
-    st.last_heartbeat = utcnow()
+    st.last_heartbeat = clock_of(s).now()
     st.offline = False
     await s.flush()
     if was_offline:
@@ -60,7 +61,7 @@ async def list_agents(s: AsyncSession, offline_after: float) -> list[dict[str, A
         await s.execute(select(ApiKey).where(ApiKey.revoked_at.is_(None)).order_by(ApiKey.name))
     ).scalars()
     out = []
-    now = utcnow()
+    now = clock_of(s).now()
     for k in keys:
         if "agent:connect" not in k.scope_list:
             continue
@@ -96,7 +97,7 @@ async def list_agents(s: AsyncSession, offline_after: float) -> list[dict[str, A
 
 
 async def mark_offline(db: Database, offline_after: float) -> int:
-    cutoff = utcnow() - timedelta(seconds=offline_after)
+    cutoff = db.clock.now() - timedelta(seconds=offline_after)
     async with db.read() as s:
         due = (
             await s.execute(

@@ -8,7 +8,8 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from entryguard.control.auth.secrets import new_secret
-from entryguard.control.db.models import ApiKey, EdgeToken, User, utcnow
+from entryguard.control.db.clocked import clock_of
+from entryguard.control.db.models import ApiKey, EdgeToken, User
 from entryguard.control.services.journal import audit, iso, log_change
 from entryguard.control.services.validation import check_name
 from entryguard.errors import Conflict, Invalid, NotFound
@@ -55,7 +56,9 @@ async def create_key(
         prefix=sec.prefix,
         key_hash=sec.digest,
         scopes=",".join(clean),
-        expires_at=utcnow() + timedelta(seconds=expires_seconds) if expires_seconds else None,
+        expires_at=clock_of(s).now() + timedelta(seconds=expires_seconds)
+        if expires_seconds
+        else None,
     )
     s.add(k)
     await s.flush()
@@ -75,7 +78,7 @@ async def create_key(
 async def revoke_key(s: AsyncSession, name: str, actor: str) -> ApiKey:
     k = await get_key(s, name)
     if k.revoked_at is None:
-        k.revoked_at = utcnow()
+        k.revoked_at = clock_of(s).now()
         if "agent:connect" in k.scope_list:
             await log_change(s, AgentRemove(k.id))
         await audit(s, actor, "apikey.revoke", name, org_id=k.org_id)

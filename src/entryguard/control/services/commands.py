@@ -20,13 +20,15 @@ as the grant change. Here they are handed out and closed:
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from entryguard.control.db.clocked import clock_of
 from entryguard.control.db.database import Database
-from entryguard.control.db.models import AgentCommand, ApiKey, utcnow
+from entryguard.control.db.models import AgentCommand, ApiKey
 from entryguard.control.services.journal import audit, iso
 from entryguard.errors import Conflict, Invalid, NotFound
 
@@ -102,18 +104,18 @@ async def claim_next(db: Database, key_id: int) -> AgentCommand | None:
             cmd = (
                 await s.execute(_next_pending(key_id).with_for_update(skip_locked=True))
             ).scalar_one_or_none()
-            _mark_claimed(cmd)
+            _mark_claimed(cmd, db.clock.now())
     else:
         async with db.write() as s:
             cmd = (await s.execute(_next_pending(key_id))).scalar_one_or_none()
-            _mark_claimed(cmd)
+            _mark_claimed(cmd, db.clock.now())
     return cmd
 
 
-def _mark_claimed(cmd: AgentCommand | None) -> None:
+def _mark_claimed(cmd: AgentCommand | None, now: datetime) -> None:
     if cmd is not None:
         cmd.status = "running"
-        cmd.claimed_at = utcnow()
+        cmd.claimed_at = now
         cmd.attempts += 1
 
 
@@ -151,7 +153,7 @@ async def record_result(
     cmd.exit_code = exit_code
     cmd.duration_ms = max(0, duration_ms)
     cmd.output = clamp_output(text)
-    cmd.finished_at = utcnow()
+    cmd.finished_at = clock_of(s).now()
     if cmd.status == "running":  # a row an admin already retried keeps saying so
         cmd.status = "done" if ok else "failed"
     await audit(

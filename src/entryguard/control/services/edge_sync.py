@@ -14,8 +14,9 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from entryguard.control.auth.secrets import matches, split_prefix
+from entryguard.control.db.clocked import clock_of
 from entryguard.control.db.database import Database
-from entryguard.control.db.models import ApiKey, Change, EdgeToken, Grant, Resource, utcnow
+from entryguard.control.db.models import ApiKey, Change, EdgeToken, Grant, Resource
 from entryguard.control.services.apikeys import agent_data
 from entryguard.control.services.grants import grant_data
 from entryguard.control.services.journal import iso
@@ -67,7 +68,7 @@ async def snapshot(s: AsyncSession) -> dict[str, Any]:
     ).scalars()
     return {
         "revision": revision,
-        "server_time": iso(utcnow()),
+        "server_time": iso(clock_of(s).now()),
         "tunnels": [payload_json(tunnel_data(r)) for r in tunnels],
         "agents": [payload_json(agent_data(k)) for k in keys if "agent:connect" in k.scope_list],
         "grants": [payload_json(grant_data(g)) for g in grants],
@@ -195,7 +196,7 @@ async def prune_changes(db: Database, retention_seconds: int) -> int:
     async with db.write() as s:
         res = await s.execute(
             delete(Change).where(
-                Change.created_at < utcnow() - timedelta(seconds=retention_seconds),
+                Change.created_at < db.clock.now() - timedelta(seconds=retention_seconds),
                 Change.revision < await current_revision(s),  # keep the newest row
             )
         )

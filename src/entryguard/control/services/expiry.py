@@ -14,7 +14,7 @@ import logging
 from sqlalchemy import func, select
 
 from entryguard.control.db.database import Database
-from entryguard.control.db.models import GuestAccess, Session, utcnow
+from entryguard.control.db.models import GuestAccess, Session
 from entryguard.control.services.access_rules import due_guests, end_guest
 from entryguard.control.services.sessions import any_due, due_sessions, end_session
 
@@ -26,7 +26,7 @@ async def _guests_due(db: Database) -> bool:
         return (
             await s.execute(
                 select(GuestAccess.id)
-                .where(GuestAccess.ended_at.is_(None), GuestAccess.expires_at <= utcnow())
+                .where(GuestAccess.ended_at.is_(None), GuestAccess.expires_at <= db.clock.now())
                 .limit(1)
             )
         ).first() is not None
@@ -63,7 +63,7 @@ async def next_due(db: Database) -> float | None:
     due = [t for t in (a, b) if t is not None]
     if not due:
         return None
-    return (min(due) - utcnow()).total_seconds()
+    return (min(due) - db.clock.now()).total_seconds()
 
 
 async def run_expiry(db: Database, interval: float, wake: asyncio.Event | None = None) -> None:
@@ -75,6 +75,8 @@ async def run_expiry(db: Database, interval: float, wake: asyncio.Event | None =
     longest = max(interval, 1.0)
     while True:
         try:
+            if wake is not None:
+                wake.clear()  # before reading: a commit from here on wakes the sleep below
             delay = await next_due(db)
             if delay is not None and delay <= 0:
                 n = await expire_once(db)
@@ -85,7 +87,6 @@ async def run_expiry(db: Database, interval: float, wake: asyncio.Event | None =
             if wake is None:
                 await asyncio.sleep(sleep)
             else:
-                wake.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(wake.wait(), sleep)
         except asyncio.CancelledError:

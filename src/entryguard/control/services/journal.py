@@ -15,7 +15,8 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from entryguard.control.db.models import AuditEvent, Change, utcnow
+from entryguard.control.db.clocked import clock_of
+from entryguard.control.db.models import AuditEvent, Change
 from entryguard.sync.changes import Payload, payload_json
 
 GENESIS = "0" * 64
@@ -51,7 +52,7 @@ async def audit(
     prev = (
         await s.execute(select(AuditEvent.hash).order_by(AuditEvent.id.desc()).limit(1))
     ).scalar_one_or_none() or GENESIS
-    ts = utcnow()
+    ts = clock_of(s).now()
     ev = AuditEvent(
         ts=ts,
         org_id=org_id,

@@ -8,7 +8,8 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from entryguard.control.db.models import Role, RoleUser, Session, User, utcnow
+from entryguard.control.db.clocked import clock_of
+from entryguard.control.db.models import Role, RoleUser, Session, User
 from entryguard.control.services.grants import (
     move_session_grants,
     reconcile_session,
@@ -44,7 +45,7 @@ async def active_session(s: AsyncSession, user_id: int) -> Session | None:
 async def end_session(
     s: AsyncSession, sess: Session, user: User, reason: str, actor: str, ip: str | None = None
 ) -> None:
-    sess.ended_at = utcnow()
+    sess.ended_at = clock_of(s).now()
     sess.end_reason = reason
     await s.flush()
     n = await remove_source_grants(s, "session", sess.id, reason, session_description(sess, user))
@@ -72,7 +73,7 @@ async def start_session(
     cap = await max_duration_for(s, user, settings)
     seconds = min(requested_seconds, cap)
     old = await active_session(s, user.id)
-    now = utcnow()
+    now = clock_of(s).now()
     if old is not None:
         # Ended before the new row exists: one active session per user is a unique index.
         old.ended_at = now
@@ -165,7 +166,7 @@ async def due_sessions(
     q = (
         select(Session, User)
         .join(User, User.id == Session.user_id)
-        .where(Session.ended_at.is_(None), Session.expires_at <= utcnow())
+        .where(Session.ended_at.is_(None), Session.expires_at <= clock_of(s).now())
         .order_by(Session.expires_at)
         .limit(limit)
     )
@@ -179,7 +180,7 @@ async def any_due(s: AsyncSession) -> bool:
     return (
         await s.execute(
             select(Session.id)
-            .where(Session.ended_at.is_(None), Session.expires_at <= utcnow())
+            .where(Session.ended_at.is_(None), Session.expires_at <= clock_of(s).now())
             .limit(1)
         )
     ).first() is not None

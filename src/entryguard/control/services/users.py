@@ -14,7 +14,8 @@ from entryguard.control.auth.secrets import (
     new_secret,
     verify_password,
 )
-from entryguard.control.db.models import LoginToken, Organization, User, utcnow
+from entryguard.control.db.clocked import clock_of
+from entryguard.control.db.models import LoginToken, Organization, User
 from entryguard.control.services.journal import audit
 from entryguard.control.services.sessions import end_user_sessions
 from entryguard.control.services.validation import check_email
@@ -54,12 +55,12 @@ async def disable_user(s: AsyncSession, email: str, actor: str) -> User:
     u = await get_user(s, email)
     if u.disabled_at is not None:
         return u
-    u.disabled_at = utcnow()
+    u.disabled_at = clock_of(s).now()
     await end_user_sessions(s, u, "user_disabled", actor)
     await s.execute(
         update(LoginToken)
         .where(LoginToken.user_id == u.id, LoginToken.revoked_at.is_(None))
-        .values(revoked_at=utcnow())
+        .values(revoked_at=clock_of(s).now())
     )
     await audit(s, actor, "user.disable", u.email, org_id=u.org_id)
     return u
@@ -88,7 +89,7 @@ async def login(
         user_id=u.id,
         prefix=sec.prefix,
         token_hash=sec.digest,
-        expires_at=utcnow() + timedelta(seconds=ttl_seconds),
+        expires_at=clock_of(s).now() + timedelta(seconds=ttl_seconds),
     )
     s.add(tok)
     await s.flush()

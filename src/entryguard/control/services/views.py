@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from entryguard.control.db.models import (
@@ -12,7 +13,6 @@ from entryguard.control.db.models import (
     Session,
     StaticRule,
     User,
-    utcnow,
 )
 from entryguard.control.services.journal import iso
 from entryguard.control.settings import Settings
@@ -68,7 +68,7 @@ def admin_resource_view(r: Resource, settings: Settings, agent_name: str) -> dic
     }
 
 
-def session_view(sess: Session, email: str) -> dict[str, Any]:
+def session_view(sess: Session, email: str, now: datetime) -> dict[str, Any]:
     return {
         "id": sess.id,
         "user_email": email,
@@ -77,7 +77,7 @@ def session_view(sess: Session, email: str) -> dict[str, Any]:
         "expires_at": iso(sess.expires_at),
         "ended_at": iso(sess.ended_at),
         "end_reason": sess.end_reason,
-        "active": sess.ended_at is None and sess.expires_at > utcnow(),
+        "active": sess.ended_at is None and sess.expires_at > now,
     }
 
 
@@ -105,7 +105,7 @@ def rule_view(rule: StaticRule, resource_name: str) -> dict[str, Any]:
     }
 
 
-def guest_view(g: GuestAccess, resource_name: str) -> dict[str, Any]:
+def guest_view(g: GuestAccess, resource_name: str, now: datetime) -> dict[str, Any]:
     return {
         "id": g.id,
         "resource": resource_name,
@@ -116,7 +116,7 @@ def guest_view(g: GuestAccess, resource_name: str) -> dict[str, Any]:
         "expires_at": iso(g.expires_at),
         "ended_at": iso(g.ended_at),
         "end_reason": g.end_reason,
-        "active": g.ended_at is None and g.expires_at > utcnow(),
+        "active": g.ended_at is None and g.expires_at > now,
     }
 
 

@@ -18,7 +18,7 @@ from sqlalchemy import Select, func, select
 from entryguard.control.api import admin_access as access_api
 from entryguard.control.api.deps import ctx
 from entryguard.control.auth.principal import Principal
-from entryguard.control.db.models import AuditEvent, utcnow
+from entryguard.control.db.models import AuditEvent
 from entryguard.control.services.views import audit_view
 from entryguard.control.web.auth import admin
 from entryguard.control.web.render import FormState, render_page
@@ -118,7 +118,7 @@ async def audit_page(request: Request, p: Principal = Depends(admin)) -> Respons
     older = None
     if len(items) == PAGE:
         older = "?" + urlencode({**query, "before": items[-1]["id"]})
-    now = utcnow()
+    now = ctx(request).db.clock.now()
     presets = [
         (label, "?" + urlencode({**query, "from": _local(now - timedelta(hours=h)), "to": ""}))
         for label, h in PRESETS
@@ -187,7 +187,7 @@ async def export(request: Request, p: Principal = Depends(admin)) -> Response:
     if form.failed or fmt not in ("csv", "jsonl"):
         problem = "; ".join(form.errors.values()) or "format must be csv or jsonl"
         return Response(problem + "\n", status_code=400, media_type="text/plain")
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    stamp = ctx(request).db.clock.now().strftime("%Y%m%dT%H%M%SZ")
     media = "text/csv; charset=utf-8" if fmt == "csv" else "application/x-ndjson"
     return StreamingResponse(
         _export(request, f, fmt),

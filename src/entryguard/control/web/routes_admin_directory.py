@@ -12,7 +12,6 @@ from entryguard.control.api import admin_access as access_api
 from entryguard.control.api import admin_directory as directory_api
 from entryguard.control.api.deps import ctx, edges_apply
 from entryguard.control.auth.principal import Principal
-from entryguard.control.db.models import utcnow
 from entryguard.control.http_errors import error_status
 from entryguard.control.services import apikeys, roles, users
 from entryguard.control.services.apikeys import SCOPES
@@ -274,7 +273,7 @@ async def _keys_page(
         form=form,
         new_key=new_key,
         control_url=str(request.base_url).rstrip("/"),
-        now_iso=iso(utcnow()),
+        now_iso=iso(ctx(request).db.clock.now()),
     )
 
 
