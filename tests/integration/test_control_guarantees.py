@@ -558,7 +558,7 @@ async def seed_due(
             out = await sessions.start_session(
                 s, u, f"10.77.{i // 200}.{i % 200 + 1}", seconds, settings
             )
-            session_ids.append(out["session"].id)
+            session_ids.append(out.session.id)
         guest_ids = []
         for i in range(n_guests):
             g = await access_rules.grant_guest(

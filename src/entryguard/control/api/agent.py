@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends
 
-from entryguard.control.api.deps import client_ip, ctx
-from entryguard.control.api.deps import principal as get_principal
+from entryguard.control.api.deps import Caller, ClientIp, CtxDep
+from entryguard.control.api.models import AgentTunnel, Items, Ok
 from entryguard.control.api.schemas import HeartbeatIn
 from entryguard.control.auth.principal import Principal
 from entryguard.control.services import agents
@@ -16,7 +16,7 @@ from entryguard.errors import Forbidden
 router = APIRouter(prefix="/agent", tags=["agent"])
 
 
-def agent_key(p: Principal = Depends(get_principal)) -> Principal:
+def agent_key(p: Caller) -> Principal:
     p.require("agent:connect")
     if p.api_key is None:
         raise Forbidden(
@@ -26,30 +26,31 @@ def agent_key(p: Principal = Depends(get_principal)) -> Principal:
     return p
 
 
+AgentKey = Annotated[Principal, Depends(agent_key)]
+
+
 @router.get("/tunnels")
-async def tunnels(request: Request, p: Principal = Depends(agent_key)) -> dict[str, Any]:
+async def tunnels(c: CtxDep, p: AgentKey) -> Items[AgentTunnel]:
     assert p.api_key is not None
-    async with ctx(request).db.read() as s:
+    async with c.db.read() as s:
         rs = await agents.agent_tunnels(s, p.api_key.id)
-    return {
-        "items": [
-            {
-                "id": r.id,
-                "name": r.name,
-                "port": r.port,
-                "target_host": r.target_host,
-                "target_port": r.target_port,
-            }
+    return Items(
+        items=[
+            AgentTunnel(
+                id=r.id,
+                name=r.name,
+                port=r.port,
+                target_host=r.target_host,
+                target_port=r.target_port,
+            )
             for r in rs
         ]
-    }
+    )
 
 
 @router.post("/heartbeat")
-async def heartbeat(
-    body: HeartbeatIn, request: Request, p: Principal = Depends(agent_key)
-) -> dict[str, Any]:
+async def heartbeat(body: HeartbeatIn, c: CtxDep, ip: ClientIp, p: AgentKey) -> Ok:
     assert p.api_key is not None
-    async with ctx(request).db.write() as s:
-        await agents.heartbeat(s, p.api_key, body.model_dump(), client_ip(request))
-    return {"ok": True}
+    async with c.db.write() as s:
+        await agents.heartbeat(s, p.api_key, body.model_dump(), ip)
+    return Ok(ok=True)

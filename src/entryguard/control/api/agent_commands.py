@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import time
-from typing import Any
 
-from fastapi import APIRouter, Depends, Path, Query, Request
+from fastapi import APIRouter, Path, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 
-from entryguard.control.api.admin_directory import admin
-from entryguard.control.api.agent import agent_key
-from entryguard.control.api.deps import client_ip, ctx
-from entryguard.control.auth.principal import Principal
+from entryguard.control.api.admin_directory import Admin
+from entryguard.control.api.agent import AgentKey
+from entryguard.control.api.deps import ClientIp, CtxDep
+from entryguard.control.api.models import CommandOut, CommandRetryOut, Items, NextCommandOut
 from entryguard.control.services import commands
+from entryguard.control.services.commands import CommandView
 from entryguard.control.services.edge_sync import ChangeNotifier
 
 router = APIRouter(tags=["agent commands"])
@@ -41,36 +41,38 @@ class CommandResultIn(BaseModel):
 @router.get("/agent/commands/next")
 async def next_command(
     request: Request,
+    c: CtxDep,
+    p: AgentKey,
     wait: float = Query(default=25.0, ge=0, le=60),
-    p: Principal = Depends(agent_key),
-) -> dict[str, Any]:
+) -> NextCommandOut:
     """Claim this agent's oldest pending command, waiting up to ``wait`` seconds for one."""
     assert p.api_key is not None
-    db = ctx(request).db
+    db = c.db
     notifier: ChangeNotifier = request.app.state.notifier
     deadline = time.monotonic() + wait
     while True:
         # Never claim for a caller that has gone: the command would be lost to it.
         if await request.is_disconnected():
-            return {"command": None}
+            return NextCommandOut(command=None)
         cmd = await commands.claim_next(db, p.api_key.id)
         if cmd is not None:
-            return {"command": commands.agent_command_view(cmd)}
+            return NextCommandOut(command=commands.agent_command_view(cmd))
         left = deadline - time.monotonic()
         if left <= 0 or notifier.closing:  # the server is stopping: answer now
-            return {"command": None}
+            return NextCommandOut(command=None)
         await notifier.wait(min(left, RECHECK_SECONDS))
 
 
 @router.post("/agent/commands/{command_id}/result")
 async def command_result(
     body: CommandResultIn,
-    request: Request,
+    c: CtxDep,
+    ip: ClientIp,
+    p: AgentKey,
     command_id: int = Path(ge=1),
-    p: Principal = Depends(agent_key),
-) -> dict[str, Any]:
+) -> CommandOut:
     assert p.api_key is not None
-    async with ctx(request).db.write() as s:
+    async with c.db.write() as s:
         cmd = await commands.record_result(
             s,
             p.api_key,
@@ -79,41 +81,37 @@ async def command_result(
             duration_ms=body.duration_ms,
             output=body.output,
             error=body.error,
-            ip=client_ip(request),
+            ip=ip,
         )
-        return {"command": commands.command_view(cmd, p.api_key.name)}
+        return CommandOut(command=commands.command_view(cmd, p.api_key.name))
 
 
 @router.get("/admin/commands")
 async def list_commands(
-    request: Request,
+    c: CtxDep,
+    p: Admin,
     failed: bool = Query(default=False, description="Only failed commands"),
     status: str | None = Query(default=None, max_length=16),
     agent: str | None = Query(default=None, max_length=64),
     limit: int = Query(default=100, ge=1, le=1000),
-    p: Principal = Depends(admin),
-) -> dict[str, Any]:
-    async with ctx(request).db.read() as s:
+) -> Items[CommandView]:
+    async with c.db.read() as s:
         items = await commands.list_commands(
             s, status="failed" if failed else status, agent=agent, limit=limit
         )
-    return {"items": items}
+    return Items(items=items)
 
 
 @router.get("/admin/commands/{command_id}")
-async def get_command(
-    request: Request, command_id: int = Path(ge=1), p: Principal = Depends(admin)
-) -> dict[str, Any]:
-    async with ctx(request).db.read() as s:
-        return {"command": await commands.get_command(s, command_id)}
+async def get_command(c: CtxDep, p: Admin, command_id: int = Path(ge=1)) -> CommandOut:
+    async with c.db.read() as s:
+        return CommandOut(command=await commands.get_command(s, command_id))
 
 
 @router.post("/admin/commands/{command_id}/retry", status_code=201)
-async def retry_command(
-    request: Request, command_id: int = Path(ge=1), p: Principal = Depends(admin)
-) -> dict[str, Any]:
-    async with ctx(request).db.write() as s:
+async def retry_command(c: CtxDep, p: Admin, command_id: int = Path(ge=1)) -> CommandRetryOut:
+    async with c.db.write() as s:
         new = await commands.retry_command(s, command_id, p.actor)
         new_id = new.id
-    async with ctx(request).db.read() as s:
-        return {"command": await commands.get_command(s, new_id), "retry_of": command_id}
+    async with c.db.read() as s:
+        return CommandRetryOut(command=await commands.get_command(s, new_id), retry_of=command_id)

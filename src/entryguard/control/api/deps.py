@@ -1,4 +1,8 @@
-"""Request context: settings, database, the caller and the caller's IP."""
+"""Request context as FastAPI dependencies: settings and database, the caller, the caller's IP.
+
+Routes take them as parameters (``c: CtxDep``, ``ip: ClientIp``); plain helpers that
+only hold the request call :func:`get_ctx` directly.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +10,9 @@ import ipaddress
 import logging
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Annotated
 
-from fastapi import Request
+from fastapi import Depends, Request
 from sqlalchemy import update
 
 from entryguard.control.auth.principal import Principal, authenticate
@@ -26,8 +31,13 @@ class Ctx:
     db: Database
 
 
-def ctx(request: Request) -> Ctx:
-    return request.app.state.ctx  # type: ignore[no-any-return]
+def get_ctx(request: Request) -> Ctx:
+    """The app's settings and database (set by ``create_app``)."""
+    c: Ctx = request.app.state.ctx
+    return c
+
+
+ctx = get_ctx  # the name web/auth.py and web/render.py still import
 
 
 def bearer(request: Request) -> str | None:
@@ -39,7 +49,7 @@ def bearer(request: Request) -> str | None:
 
 
 async def principal(request: Request) -> Principal:
-    c = ctx(request)
+    c = get_ctx(request)
     secret = bearer(request)
     if secret is None:
         cookie_auth = getattr(request.app.state, "cookie_principal", None)
@@ -74,7 +84,7 @@ def client_ip(request: Request) -> str:
     is not one is the client. Anything to its left was written by the client and is
     ignored, so a spoofed header cannot choose the granted IP.
     """
-    settings: Settings = ctx(request).settings
+    settings: Settings = get_ctx(request).settings
     peer = request.client.host if request.client else "0.0.0.0"
     try:
         ip = normalize_ip(ipaddress.ip_address(peer.split("%", 1)[0]))
@@ -115,3 +125,8 @@ async def edges_apply(request: Request, revision: int | None, timeout: float = 1
     """After an access change commits, give the edges a moment to apply it."""
     if revision is not None:
         await request.app.state.notifier.edges_caught_up(revision, timeout)
+
+
+CtxDep = Annotated[Ctx, Depends(get_ctx)]
+ClientIp = Annotated[str, Depends(client_ip)]
+Caller = Annotated[Principal, Depends(principal)]

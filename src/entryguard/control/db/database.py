@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
 from sqlalchemy import event, text
@@ -28,6 +30,32 @@ from entryguard.clock import SYSTEM, Clock
 from entryguard.control.db.clocked import ClockSession
 
 WRITE_LOCK_KEY = 0x45475752  # "EGWR"
+_CHANGES = "entryguard.changes"
+
+
+@dataclass
+class TxChanges:
+    """What one write transaction did to the change log.
+
+    Services only hold the session, so the transaction's record rides on it
+    (:func:`tx_changes`); callers read it from the :class:`WriteTransaction` instead.
+    """
+
+    batch: int | None = None
+    """The first change row's revision: every row of the transaction carries it."""
+    revision: int | None = None
+    """The last change row's revision: what the edges must reach to have applied it all."""
+    wake: bool = False
+    """Wake long-polls after commit (change rows were written, or commands queued)."""
+
+
+def tx_changes(s: AsyncSession) -> TxChanges:
+    """The change-log record of the write transaction ``s`` belongs to."""
+    changes = s.info.get(_CHANGES)
+    if not isinstance(changes, TxChanges):
+        # A session opened outside Database.write (a test, a one-off script).
+        changes = s.info[_CHANGES] = TxChanges()
+    return changes
 
 
 def async_url(url: str) -> str:
@@ -73,28 +101,65 @@ class Database:
         async with self.sessions() as s:
             yield s
 
-    @asynccontextmanager
-    async def write(self) -> AsyncIterator[AsyncSession]:
-        """A serialised read-write transaction; commits on success, rolls back on error.
+    def write(self) -> WriteTransaction:
+        """A serialised read-write transaction: ``async with db.write() as s``.
 
-        When the transaction wrote change-log rows, the ``on_commit_changes`` callbacks
-        run after the commit (they wake long-polling edges in this process; other
-        replicas hear of it through NOTIFY, sent inside the transaction).
+        Commits on success, rolls back on error. When the transaction wrote change-log
+        rows, the ``on_commit_changes`` callbacks run after the commit (they wake
+        long-polling edges in this process; other replicas hear of it through NOTIFY,
+        sent inside the transaction). After the block, the returned object's
+        ``revision`` is the last change-log revision the transaction committed, which
+        callers wait for the edges to reach.
         """
+        return WriteTransaction(self)
+
+    @asynccontextmanager
+    async def _serialised(self, changes: TxChanges) -> AsyncIterator[AsyncSession]:
         async with self._local_write_lock, self.sessions() as s:
+            s.info[_CHANGES] = changes
             async with s.begin():
                 if self.is_postgres:
                     await s.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": WRITE_LOCK_KEY})
                 yield s
-                if s.info.get("changed") and self.is_postgres:
+                if changes.wake and self.is_postgres:
                     await s.execute(text("SELECT pg_notify('entryguard_changes', '')"))
-            changed = s.info.pop("changed", False)
-        if changed:
+        if changes.wake:
             for cb in self.on_commit_changes:
                 cb()
 
     async def dispose(self) -> None:
         await self.engine.dispose()
+
+
+class WriteTransaction:
+    """One :meth:`Database.write` transaction; ``revision`` is set once it has committed."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+        self._changes = TxChanges()
+        self._cm: AbstractAsyncContextManager[AsyncSession] | None = None
+        self.committed = False
+
+    @property
+    def revision(self) -> int | None:
+        """The last change-log revision committed (None: no change row, or not committed)."""
+        return self._changes.revision if self.committed else None
+
+    async def __aenter__(self) -> AsyncSession:
+        assert self._cm is None, "a WriteTransaction is entered once"
+        self._cm = self._db._serialised(self._changes)
+        return await self._cm.__aenter__()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        assert self._cm is not None
+        suppressed = await self._cm.__aexit__(exc_type, exc, tb)
+        self.committed = exc_type is None
+        return suppressed
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:

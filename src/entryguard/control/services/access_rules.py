@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import timedelta
 
 from sqlalchemy import select
@@ -11,8 +12,41 @@ from entryguard.control.db.clocked import clock_of
 from entryguard.control.db.models import GuestAccess, Resource, StaticRule
 from entryguard.control.services.grants import add_grant, remove_source_grants
 from entryguard.control.services.journal import audit
+from entryguard.control.services.resources import get_resource
 from entryguard.control.services.validation import check_cidr, check_text
+from entryguard.control.services.views import GuestView, RuleView, guest_view, rule_view
 from entryguard.errors import NotFound
+
+
+@dataclass(frozen=True)
+class GuestRevoke:
+    guest: GuestAccess
+    resource: Resource
+    revoked: bool
+    """Whether this call ended it (False: it had already ended)."""
+
+
+async def list_rules(s: AsyncSession, resource: str | None = None) -> list[RuleView]:
+    """All static rules, or one resource's (404 when it does not exist)."""
+    q = (
+        select(StaticRule, Resource.name)
+        .join(Resource, Resource.id == StaticRule.resource_id)
+        .order_by(StaticRule.id)
+    )
+    if resource is not None:
+        q = q.where(Resource.id == (await get_resource(s, resource)).id)
+    return [rule_view(rule, name) for rule, name in (await s.execute(q)).all()]
+
+
+async def list_guests(s: AsyncSession, *, active: bool = False) -> list[GuestView]:
+    q = (
+        select(GuestAccess, Resource.name)
+        .join(Resource, Resource.id == GuestAccess.resource_id)
+        .order_by(GuestAccess.id)
+    )
+    if active:
+        q = q.where(GuestAccess.ended_at.is_(None), GuestAccess.expires_at > clock_of(s).now())
+    return [guest_view(g, name, clock_of(s).now()) for g, name in (await s.execute(q)).all()]
 
 
 async def add_rule(
@@ -104,7 +138,7 @@ async def end_guest(s: AsyncSession, g: GuestAccess, r: Resource, reason: str, a
     )
 
 
-async def revoke_guest(s: AsyncSession, guest_id: int, actor: str) -> tuple[GuestAccess, Resource]:
+async def revoke_guest(s: AsyncSession, guest_id: int, actor: str) -> GuestRevoke:
     row = (
         await s.execute(
             select(GuestAccess, Resource)
@@ -115,9 +149,10 @@ async def revoke_guest(s: AsyncSession, guest_id: int, actor: str) -> tuple[Gues
     if row is None:
         raise NotFound(f"no guest access {guest_id}", code="guest_not_found")
     g, r = row
-    if g.ended_at is None:
+    was_active = g.ended_at is None
+    if was_active:
         await end_guest(s, g, r, "revoked", actor)
-    return g, r
+    return GuestRevoke(g, r, was_active)
 
 
 async def due_guests(s: AsyncSession, *, lock: bool) -> list[tuple[GuestAccess, Resource]]:

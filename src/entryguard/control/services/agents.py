@@ -14,7 +14,21 @@ from entryguard.control.db.clocked import clock_of
 from entryguard.control.db.database import Database
 from entryguard.control.db.models import AgentStatus, ApiKey, Resource
 from entryguard.control.services.journal import audit, iso
-from entryguard.control.services.views import target
+from entryguard.control.services.views import View, target
+
+
+class AgentView(View):
+    name: str
+    key_name: str
+    connected: bool
+    last_heartbeat: str | None
+    version: str | None
+    hostname: str | None
+    os: str | None
+    modes: list[str]
+    tunnel_connected: bool
+    targets: list[str]
+    resources: list[str]
 
 
 async def heartbeat(s: AsyncSession, key: ApiKey, info: dict[str, Any], ip: str) -> None:
@@ -56,7 +70,7 @@ async def agent_tunnels(s: AsyncSession, key_id: int) -> list[Resource]:
     )
 
 
-async def list_agents(s: AsyncSession, offline_after: float) -> list[dict[str, Any]]:
+async def list_agents(s: AsyncSession, offline_after: float) -> list[AgentView]:
     keys = (
         await s.execute(select(ApiKey).where(ApiKey.revoked_at.is_(None)).order_by(ApiKey.name))
     ).scalars()
@@ -79,19 +93,19 @@ async def list_agents(s: AsyncSession, offline_after: float) -> list[dict[str, A
             and (now - st.last_heartbeat).total_seconds() < offline_after
         )
         out.append(
-            {
-                "name": st.name if st else k.name,
-                "key_name": k.name,
-                "connected": connected,
-                "last_heartbeat": iso(st.last_heartbeat) if st else None,
-                "version": st.version if st else None,
-                "hostname": st.hostname if st else None,
-                "os": st.os if st else None,
-                "modes": [m for m in (st.modes if st else "").split(",") if m],
-                "tunnel_connected": bool(st and st.tunnel_connected and connected),
-                "targets": [t for r in res if (t := target(r))],
-                "resources": [r.name for r in res],
-            }
+            AgentView(
+                name=st.name if st else k.name,
+                key_name=k.name,
+                connected=connected,
+                last_heartbeat=iso(st.last_heartbeat) if st else None,
+                version=st.version if st else None,
+                hostname=st.hostname if st else None,
+                os=st.os if st else None,
+                modes=[m for m in (st.modes if st else "").split(",") if m],
+                tunnel_connected=bool(st and st.tunnel_connected and connected),
+                targets=[t for r in res if (t := target(r))],
+                resources=[r.name for r in res],
+            )
         )
     return out
 

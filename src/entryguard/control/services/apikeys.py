@@ -12,6 +12,7 @@ from entryguard.control.db.clocked import clock_of
 from entryguard.control.db.models import ApiKey, EdgeToken, User
 from entryguard.control.services.journal import audit, iso, log_change
 from entryguard.control.services.validation import check_name
+from entryguard.control.services.views import ApiKeyView, apikey_view
 from entryguard.errors import Conflict, Invalid, NotFound
 from entryguard.sync.changes import AgentRemove, AgentUpsert
 
@@ -20,6 +21,12 @@ SCOPES = ("agent:connect", "admin", "sessions")
 
 def agent_data(k: ApiKey, name: str | None = None) -> AgentUpsert:
     return AgentUpsert(k.id, name or k.name, k.prefix, k.key_hash, iso(k.expires_at))
+
+
+async def list_keys(s: AsyncSession) -> list[ApiKeyView]:
+    return [
+        apikey_view(k) for k in (await s.execute(select(ApiKey).order_by(ApiKey.name))).scalars()
+    ]
 
 
 async def get_key(s: AsyncSession, name: str) -> ApiKey:

@@ -27,9 +27,10 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from entryguard.control.db.clocked import clock_of
-from entryguard.control.db.database import Database
+from entryguard.control.db.database import Database, tx_changes
 from entryguard.control.db.models import AgentCommand, ApiKey
 from entryguard.control.services.journal import audit, iso
+from entryguard.control.services.views import View
 from entryguard.errors import Conflict, Invalid, NotFound
 
 OUTPUT_LIMIT = 64 * 1024
@@ -47,36 +48,64 @@ def clamp_output(text: str) -> str:
     return raw[:keep].decode("utf-8", "ignore") + TRUNCATED
 
 
-def command_view(c: AgentCommand, agent: str | None = None) -> dict[str, Any]:
-    return {
-        "id": c.id,
-        "agent": agent,
-        "resource": c.resource_name,
-        "script_dir": c.script_dir,
-        "action": c.action,
-        "cidr": c.cidr,
-        "description": c.description,
-        "status": c.status,
-        "created_at": iso(c.created_at),
-        "claimed_at": iso(c.claimed_at),
-        "finished_at": iso(c.finished_at),
-        "exit_code": c.exit_code,
-        "duration_ms": c.duration_ms,
-        "output": c.output,
-        "attempts": c.attempts,
-    }
-
-
-def agent_command_view(c: AgentCommand) -> dict[str, Any]:
+class AgentCommandView(View):
     """What the agent needs to run a command, nothing more."""
-    return {
-        "id": c.id,
-        "resource": c.resource_name,
-        "script_dir": c.script_dir,
-        "action": c.action,
-        "cidr": c.cidr,
-        "description": c.description,
-    }
+
+    id: int
+    resource: str
+    script_dir: str
+    action: str
+    cidr: str
+    description: str
+
+
+class CommandView(View):
+    id: int
+    agent: str | None
+    resource: str
+    script_dir: str
+    action: str
+    cidr: str
+    description: str
+    status: str
+    created_at: str | None
+    claimed_at: str | None
+    finished_at: str | None
+    exit_code: int | None
+    duration_ms: int | None
+    output: str | None
+    attempts: int
+
+
+def command_view(c: AgentCommand, agent: str | None = None) -> CommandView:
+    return CommandView(
+        id=c.id,
+        agent=agent,
+        resource=c.resource_name,
+        script_dir=c.script_dir,
+        action=c.action,
+        cidr=c.cidr,
+        description=c.description,
+        status=c.status,
+        created_at=iso(c.created_at),
+        claimed_at=iso(c.claimed_at),
+        finished_at=iso(c.finished_at),
+        exit_code=c.exit_code,
+        duration_ms=c.duration_ms,
+        output=c.output,
+        attempts=c.attempts,
+    )
+
+
+def agent_command_view(c: AgentCommand) -> AgentCommandView:
+    return AgentCommandView(
+        id=c.id,
+        resource=c.resource_name,
+        script_dir=c.script_dir,
+        action=c.action,
+        cidr=c.cidr,
+        description=c.description,
+    )
 
 
 def _next_pending(key_id: int) -> Any:
@@ -177,7 +206,7 @@ async def record_result(
 
 async def list_commands(
     s: AsyncSession, *, status: str | None = None, agent: str | None = None, limit: int = 100
-) -> list[dict[str, Any]]:
+) -> list[CommandView]:
     """Newest first."""
     if status is not None and status not in STATUSES:
         raise Invalid(
@@ -192,7 +221,7 @@ async def list_commands(
     return [command_view(c, name) for c, name in rows]
 
 
-async def get_command(s: AsyncSession, command_id: int) -> dict[str, Any]:
+async def get_command(s: AsyncSession, command_id: int) -> CommandView:
     row = (
         await s.execute(
             select(AgentCommand, ApiKey.name)
@@ -268,5 +297,5 @@ async def retry_command(s: AsyncSession, command_id: int, actor: str) -> AgentCo
         org_id=key.org_id if key else None,
     )
     # Wake the agents' long-polls, here and (through NOTIFY) on other replicas.
-    s.info["changed"] = True
+    tx_changes(s).wake = True
     return new

@@ -21,10 +21,29 @@ from entryguard.control.services.apikeys import agent_data
 from entryguard.control.services.grants import grant_data
 from entryguard.control.services.journal import iso
 from entryguard.control.services.resources import tunnel_data
+from entryguard.control.services.views import View
 from entryguard.errors import Gone, Unauthorized
-from entryguard.sync.changes import payload_json
+from entryguard.sync.changes import AgentUpsert, GrantAdd, TunnelUpsert
 
 log = logging.getLogger("entryguard.sync")
+
+
+class Snapshot(View):
+    """The edge's whole state at ``revision`` (docs/sync.md); rows as in the change log."""
+
+    revision: int
+    server_time: str | None
+    tunnels: list[TunnelUpsert]
+    agents: list[AgentUpsert]
+    grants: list[GrantAdd]
+
+
+class ChangeRow(View):
+    revision: int
+    batch: int
+    op: str
+    data: dict[str, Any]
+    """The payload of ``op`` (entryguard.sync.changes), parsed by the edge."""
 
 
 async def check_edge_token(s: AsyncSession, token: str) -> EdgeToken:
@@ -47,7 +66,7 @@ async def current_revision(s: AsyncSession) -> int:
     return int((await s.execute(select(func.max(Change.revision)))).scalar_one_or_none() or 0)
 
 
-async def snapshot(s: AsyncSession) -> dict[str, Any]:
+async def snapshot(s: AsyncSession) -> Snapshot:
     # One read transaction: on PostgreSQL REPEATABLE READ would be stricter, but every
     # writer holds the global write lock, so reading the revision first and the rows
     # after can only show rows of a *later* revision, which replaying is idempotent for.
@@ -66,16 +85,16 @@ async def snapshot(s: AsyncSession) -> dict[str, Any]:
             .order_by(Grant.id)
         )
     ).scalars()
-    return {
-        "revision": revision,
-        "server_time": iso(clock_of(s).now()),
-        "tunnels": [payload_json(tunnel_data(r)) for r in tunnels],
-        "agents": [payload_json(agent_data(k)) for k in keys if "agent:connect" in k.scope_list],
-        "grants": [payload_json(grant_data(g)) for g in grants],
-    }
+    return Snapshot(
+        revision=revision,
+        server_time=iso(clock_of(s).now()),
+        tunnels=[tunnel_data(r) for r in tunnels],
+        agents=[agent_data(k) for k in keys if "agent:connect" in k.scope_list],
+        grants=[grant_data(g) for g in grants],
+    )
 
 
-async def changes_since(s: AsyncSession, since: int, limit: int) -> list[dict[str, Any]]:
+async def changes_since(s: AsyncSession, since: int, limit: int) -> list[ChangeRow]:
     oldest = (await s.execute(select(func.min(Change.revision)))).scalar_one_or_none()
     newest = await current_revision(s)
     if since > newest or (oldest is not None and since < oldest - 1):
@@ -102,13 +121,13 @@ async def changes_since(s: AsyncSession, since: int, limit: int) -> list[dict[st
     return [change_row(c) for c in rows]
 
 
-def change_row(c: Change) -> dict[str, Any]:
-    return {
-        "revision": c.revision,
-        "batch": c.batch if c.batch is not None else c.revision,
-        "op": c.op,
-        "data": json.loads(c.data),
-    }
+def change_row(c: Change) -> ChangeRow:
+    return ChangeRow(
+        revision=c.revision,
+        batch=c.batch if c.batch is not None else c.revision,
+        op=c.op,
+        data=json.loads(c.data),
+    )
 
 
 class ChangeNotifier:

@@ -16,6 +16,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from entryguard.control.db.clocked import clock_of
+from entryguard.control.db.database import tx_changes
 from entryguard.control.db.models import AuditEvent, Change
 from entryguard.sync.changes import Payload, payload_json
 
@@ -123,15 +124,15 @@ async def log_change(s: AsyncSession, payload: Payload) -> int:
     number (the first row's revision): edges apply a batch whole and only then cut the
     connections the new state no longer covers, so a grant that is removed and re-added
     (or moved to a new session) in one transaction cuts nobody."""
-    batch = s.info.get("batch")
+    tx = tx_changes(s)
     data = json.dumps(payload_json(payload), sort_keys=True)
-    ch = Change(op=payload.op.value, data=data, batch=batch)
+    ch = Change(op=payload.op.value, data=data, batch=tx.batch)
     s.add(ch)
     await s.flush()
-    if batch is None:
-        ch.batch = s.info["batch"] = ch.revision  # flushed with the next statement or commit
-    s.info["changed"] = True  # the caller notifies followers after commit
-    s.info["revision"] = ch.revision
+    if tx.batch is None:
+        ch.batch = tx.batch = ch.revision  # flushed with the next statement or commit
+    tx.wake = True  # Database.write notifies followers after commit
+    tx.revision = ch.revision
     return ch.revision
 
 

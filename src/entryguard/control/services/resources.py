@@ -10,7 +10,8 @@ from entryguard.control.services.apikeys import get_key
 from entryguard.control.services.grants import reconcile_users, remove_grant
 from entryguard.control.services.journal import audit, log_change
 from entryguard.control.services.validation import check_name, check_text
-from entryguard.control.settings import PortRange
+from entryguard.control.services.views import AdminResourceView, admin_resource_view
+from entryguard.control.settings import PortRange, Settings
 from entryguard.errors import Conflict, Invalid, NotFound
 from entryguard.sync.changes import TunnelRemove, TunnelUpsert
 
@@ -25,6 +26,21 @@ async def get_resource(s: AsyncSession, name: str) -> Resource:
     if r is None:
         raise NotFound(f"no resource {name!r}", code="resource_not_found")
     return r
+
+
+async def agent_names(s: AsyncSession) -> dict[int, str]:
+    """API key id -> name: the agent credential each resource is served by."""
+    return {k.id: k.name for k in (await s.execute(select(ApiKey))).scalars()}
+
+
+async def admin_view(s: AsyncSession, r: Resource, settings: Settings) -> AdminResourceView:
+    return admin_resource_view(r, settings, (await agent_names(s)).get(r.agent_key_id, "?"))
+
+
+async def list_resources(s: AsyncSession, settings: Settings) -> list[AdminResourceView]:
+    names = await agent_names(s)
+    rs = (await s.execute(select(Resource).order_by(Resource.name))).scalars()
+    return [admin_resource_view(r, settings, names.get(r.agent_key_id, "?")) for r in rs]
 
 
 async def allocate_port(s: AsyncSession, ports: PortRange) -> int:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -11,7 +9,16 @@ from entryguard.control.db.models import Resource, Role, RoleResource, RoleUser,
 from entryguard.control.services.grants import reconcile_users
 from entryguard.control.services.journal import audit
 from entryguard.control.services.validation import check_name
+from entryguard.control.services.views import View
 from entryguard.errors import Conflict, NotFound
+
+
+class RoleView(View):
+    id: int
+    name: str
+    max_duration_seconds: int
+    resources: list[str]
+    users: list[str]
 
 
 async def get_role(s: AsyncSession, name: str) -> Role:
@@ -21,7 +28,7 @@ async def get_role(s: AsyncSession, name: str) -> Role:
     return r
 
 
-async def role_view(s: AsyncSession, role: Role) -> dict[str, Any]:
+async def role_view(s: AsyncSession, role: Role) -> RoleView:
     res = (
         (
             await s.execute(
@@ -46,13 +53,18 @@ async def role_view(s: AsyncSession, role: Role) -> dict[str, Any]:
         .scalars()
         .all()
     )
-    return {
-        "id": role.id,
-        "name": role.name,
-        "max_duration_seconds": role.max_duration_seconds,
-        "resources": list(res),
-        "users": list(users),
-    }
+    return RoleView(
+        id=role.id,
+        name=role.name,
+        max_duration_seconds=role.max_duration_seconds,
+        resources=list(res),
+        users=list(users),
+    )
+
+
+async def list_roles(s: AsyncSession) -> list[RoleView]:
+    rs = (await s.execute(select(Role).order_by(Role.name))).scalars()
+    return [await role_view(s, r) for r in list(rs)]
 
 
 async def create_role(

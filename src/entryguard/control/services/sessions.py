@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -9,7 +10,7 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from entryguard.control.db.clocked import clock_of
-from entryguard.control.db.models import Role, RoleUser, Session, User
+from entryguard.control.db.models import Resource, Role, RoleUser, Session, User
 from entryguard.control.services.grants import (
     move_session_grants,
     reconcile_session,
@@ -18,8 +19,30 @@ from entryguard.control.services.grants import (
     user_resources,
 )
 from entryguard.control.services.journal import audit
+from entryguard.control.services.views import SessionView, session_view
 from entryguard.control.settings import Settings
 from entryguard.errors import NotFound
+
+
+@dataclass(frozen=True)
+class SessionStart:
+    """A session started (or the active one replaced)."""
+
+    session: Session
+    resources: list[Resource]
+    """What the user's roles give them now: the new session's grants."""
+    capped: bool
+    """The request was longer than the user's roles allow."""
+    requested_seconds: int
+    max_duration_seconds: int
+
+
+@dataclass(frozen=True)
+class SessionRevoke:
+    session: Session
+    user: User
+    revoked: bool
+    """Whether this call ended it (False: it had already ended)."""
 
 
 async def max_duration_for(s: AsyncSession, user: User, settings: Settings) -> int:
@@ -63,7 +86,7 @@ async def end_session(
 
 async def start_session(
     s: AsyncSession, user: User, ip: str, requested_seconds: int, settings: Settings
-) -> dict[str, Any]:
+) -> SessionStart:
     """Start a session, or replace the active one as a diff (one transaction).
 
     Grants whose (resource, CIDR) stay the same move to the new session with its new
@@ -108,13 +131,13 @@ async def start_session(
         ip=ip,
         org_id=user.org_id,
     )
-    return {
-        "session": sess,
-        "resources": await user_resources(s, user.id),
-        "capped": seconds < requested_seconds,
-        "requested_seconds": requested_seconds,
-        "max_duration_seconds": cap,
-    }
+    return SessionStart(
+        session=sess,
+        resources=await user_resources(s, user.id),
+        capped=seconds < requested_seconds,
+        requested_seconds=requested_seconds,
+        max_duration_seconds=cap,
+    )
 
 
 async def _hand_over(s: AsyncSession, old: Session, new: Session, user: User, ip: str) -> int:
@@ -158,6 +181,50 @@ async def stop_session(s: AsyncSession, user: User, ip: str | None) -> Session:
         )
     await end_session(s, sess, user, "stopped", user.email, ip)
     return sess
+
+
+async def revoke_session(s: AsyncSession, session_id: int, actor: str) -> SessionRevoke:
+    """An admin ends a user's session (a no-op when it has already ended)."""
+    row = (
+        await s.execute(
+            select(Session, User)
+            .join(User, User.id == Session.user_id)
+            .where(Session.id == session_id)
+        )
+    ).first()
+    if row is None:
+        raise NotFound(f"no session {session_id}", code="session_not_found")
+    sess, user = row
+    was_active = sess.ended_at is None
+    if was_active:
+        await end_session(s, sess, user, "revoked", actor)
+    return SessionRevoke(sess, user, was_active)
+
+
+async def list_sessions(s: AsyncSession, *, active: bool, limit: int = 500) -> list[SessionView]:
+    """Newest first; ``active``: only those still running."""
+    q = (
+        select(Session, User.email)
+        .join(User, User.id == Session.user_id)
+        .order_by(Session.id.desc())
+        .limit(limit)
+    )
+    if active:
+        q = q.where(Session.ended_at.is_(None), Session.expires_at > clock_of(s).now())
+    return [session_view(x, email, clock_of(s).now()) for x, email in (await s.execute(q)).all()]
+
+
+async def session_history(s: AsyncSession, user: User, limit: int = 100) -> list[SessionView]:
+    """The user's own sessions, newest first."""
+    rows = (
+        await s.execute(
+            select(Session)
+            .where(Session.user_id == user.id)
+            .order_by(Session.id.desc())
+            .limit(limit)
+        )
+    ).scalars()
+    return [session_view(x, user.email, clock_of(s).now()) for x in rows]
 
 
 async def due_sessions(

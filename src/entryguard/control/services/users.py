@@ -19,7 +19,12 @@ from entryguard.control.db.models import LoginToken, Organization, User
 from entryguard.control.services.journal import audit
 from entryguard.control.services.sessions import end_user_sessions
 from entryguard.control.services.validation import check_email
+from entryguard.control.services.views import UserView, user_view
 from entryguard.errors import Conflict, Invalid, NotFound
+
+
+async def list_users(s: AsyncSession) -> list[UserView]:
+    return [user_view(u) for u in (await s.execute(select(User).order_by(User.email))).scalars()]
 
 
 async def get_user(s: AsyncSession, email: str) -> User:
@@ -51,7 +56,14 @@ async def create_user(
     return u, generated
 
 
-async def disable_user(s: AsyncSession, email: str, actor: str) -> User:
+async def disable_user(s: AsyncSession, email: str, actor: str, *, by: User | None = None) -> User:
+    """Disable a user: their session ends and their sign-ins are revoked.
+
+    ``by``: the admin asking, who may not disable themselves (nobody could undo it
+    when they are the only admin).
+    """
+    if by is not None and email.strip().lower() == by.email:
+        raise Invalid("you cannot disable yourself", code="self_disable")
     u = await get_user(s, email)
     if u.disabled_at is not None:
         return u
@@ -95,6 +107,14 @@ async def login(
     await s.flush()
     await audit(s, u.email, "auth.login", u.email, ip=ip, org_id=u.org_id)
     return sec.secret, tok, u
+
+
+async def logout(s: AsyncSession, token_id: int, user: User, actor: str, ip: str) -> None:
+    """Revoke one login token (the caller's own), audited as ``auth.logout``."""
+    tok = await s.get(LoginToken, token_id)
+    if tok is not None and tok.revoked_at is None:
+        tok.revoked_at = clock_of(s).now()
+    await audit(s, actor, "auth.logout", user.email, ip=ip, org_id=user.org_id)
 
 
 async def bootstrap(

@@ -1,9 +1,10 @@
 """The web dashboard: server-rendered pages at ``/`` on the services the REST API uses.
 
-Writes go through the same services (in ``Database.write`` transactions); lists are
-the REST API's read handlers called in-process, so a page shows exactly what
-``eg … --json`` shows. Sign-in reuses login tokens (an HttpOnly cookie), every form
-carries a CSRF token, and admin pages are refused by the server to everyone else.
+Writes and lists go through the same services as the REST API (writes in
+``Database.write`` transactions), and pages render the same typed views the API
+answers with, so a page shows exactly what ``eg … --json`` shows. Sign-in reuses login
+tokens (an HttpOnly cookie), every form carries a CSRF token, and admin pages are
+refused by the server to everyone else.
 """
 
 from __future__ import annotations

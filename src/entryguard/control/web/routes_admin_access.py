@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import Awaitable, Callable, Sequence
 from urllib.parse import urlencode
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse, Response
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from entryguard.control.api import admin_access as access_api
-from entryguard.control.api.deps import ctx, edges_apply
+from entryguard.control.api.deps import edges_apply, get_ctx
 from entryguard.control.auth.principal import Principal
 from entryguard.control.http_errors import error_status
 from entryguard.control.services import access_rules, resources
+from entryguard.control.services.views import GuestView, RuleView
 from entryguard.control.web.auth import admin, checked_form
 from entryguard.control.web.render import (
     Flash,
@@ -57,16 +56,13 @@ def _check_any(form: FormState) -> None:
 
 
 async def _items(
-    request: Request, p: Principal, kind: str, resource: str | None
-) -> list[dict[str, Any]]:
+    s: AsyncSession, kind: str, resource: str | None
+) -> Sequence[RuleView | GuestView]:
     if kind == "rules":
-        items: list[dict[str, Any]] = (
-            await access_api.list_rules(request, resource=resource, p=p)
-        )["items"]
-        return items
-    guests = (await access_api.list_guests(request, active=False, p=p))["items"]
-    mine = [g for g in guests if resource is None or g["resource"] == resource]
-    return sorted(mine, key=lambda g: (not g["active"], -g["id"]))
+        return await access_rules.list_rules(s, resource)
+    guests = await access_rules.list_guests(s)
+    mine = [g for g in guests if resource is None or g.resource == resource]
+    return sorted(mine, key=lambda g: (not g.active, -g.id))
 
 
 async def _page(
@@ -78,11 +74,14 @@ async def _page(
 ) -> HTMLResponse:
     resource = _filter(request)
     filter_error = None
-    try:
-        items = await _items(request, p, kind, resource)
-    except EntryGuardError as exc:  # a filter naming a resource that is gone
-        items, filter_error = [], exc.message
-    all_resources = (await access_api.list_resources(request, p))["items"]
+    c = get_ctx(request)
+    async with c.db.read() as s:
+        items: Sequence[RuleView | GuestView] = []
+        try:
+            items = await _items(s, kind, resource)
+        except EntryGuardError as exc:  # a filter naming a resource that is gone
+            filter_error = exc.message
+        all_resources = await resources.list_resources(s, c.settings)
     return render_page(
         request,
         f"admin/{kind}.html",
@@ -92,7 +91,7 @@ async def _page(
         status=status,
         items=items,
         resources=all_resources,
-        resource_options=[(r["name"], f"{r['name']} ({r['type']})") for r in all_resources],
+        resource_options=[(r.name, f"{r.name} ({r.type})") for r in all_resources],
         resource=resource,
         filter_error=filter_error,
         form=form,
@@ -116,9 +115,9 @@ Write = Callable[[AsyncSession], Awaitable[str]]
 
 
 async def _commit(request: Request, write: Write) -> str:
-    async with ctx(request).db.write() as s:
+    async with (tx := get_ctx(request).db.write()) as s:
         done = await write(s)
-    await edges_apply(request, s.info.get("revision"))  # the edges admit/cut before we answer
+    await edges_apply(request, tx.revision)  # the edges admit/cut before we answer
     return done
 
 
@@ -213,7 +212,7 @@ async def grant_guest(request: Request, p: Principal = Depends(admin)) -> Respon
 @router.post("/guests/{guest_id}/delete")
 async def revoke_guest(guest_id: int, request: Request, p: Principal = Depends(admin)) -> Response:
     async def write(s: AsyncSession) -> str:
-        g, r = await access_rules.revoke_guest(s, guest_id, p.actor)
-        return f"Guest access for {g.cidr} on {r.name} ended."
+        out = await access_rules.revoke_guest(s, guest_id, p.actor)
+        return f"Guest access for {out.guest.cidr} on {out.resource.name} ended."
 
     return await _remove(request, p, "guests", write)

@@ -15,11 +15,11 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response, StreamingResponse
 from sqlalchemy import Select, func, select
 
-from entryguard.control.api import admin_access as access_api
-from entryguard.control.api.deps import ctx
+from entryguard.control.api.deps import get_ctx
 from entryguard.control.auth.principal import Principal
 from entryguard.control.db.models import AuditEvent
-from entryguard.control.services.views import audit_view
+from entryguard.control.services.journal import ChainCheck, verify_chain
+from entryguard.control.services.views import AuditView, audit_view
 from entryguard.control.web.auth import admin
 from entryguard.control.web.render import FormState, render_page
 
@@ -86,7 +86,7 @@ def read_filter(request: Request) -> tuple[AuditFilter, FormState]:
 
 async def _action_options(request: Request) -> list[tuple[str, str]]:
     """Each action recorded so far, under its group (``session.`` matches them all)."""
-    async with ctx(request).db.read() as s:
+    async with get_ctx(request).db.read() as s:
         rows = await s.execute(select(AuditEvent.action).distinct().order_by(AuditEvent.action))
         actions = list(rows.scalars())
     options: list[tuple[str, str]] = []
@@ -102,13 +102,13 @@ async def _action_options(request: Request) -> list[tuple[str, str]]:
 async def audit_page(request: Request, p: Principal = Depends(admin)) -> Response:
     f, form = read_filter(request)
     before = request.query_params.get("before", "")
-    items: list[dict[str, Any]] = []
+    items: list[AuditView] = []
     total = 0
     if not form.failed:
         q = f.where(select(AuditEvent))
         if before.isdigit():
             q = q.where(AuditEvent.id < int(before))
-        async with ctx(request).db.read() as s:
+        async with get_ctx(request).db.read() as s:
             rows = (await s.execute(q.order_by(AuditEvent.id.desc()).limit(PAGE))).scalars()
             items = [audit_view(e) for e in rows]
             total = (
@@ -117,8 +117,8 @@ async def audit_page(request: Request, p: Principal = Depends(admin)) -> Respons
     query = f.query()
     older = None
     if len(items) == PAGE:
-        older = "?" + urlencode({**query, "before": items[-1]["id"]})
-    now = ctx(request).db.clock.now()
+        older = "?" + urlencode({**query, "before": items[-1].id})
+    now = get_ctx(request).db.clock.now()
     presets = [
         (label, "?" + urlencode({**query, "from": _local(now - timedelta(hours=h)), "to": ""}))
         for label, h in PRESETS
@@ -136,10 +136,15 @@ async def audit_page(request: Request, p: Principal = Depends(admin)) -> Respons
         older=older,
         presets=presets,
         action_options=await _action_options(request),
-        chain=await access_api.audit_verify(request, p),
+        chain=await _verify(request),
         form=form,
         export_query=urlencode(query),
     )
+
+
+async def _verify(request: Request) -> ChainCheck:
+    async with get_ctx(request).db.read() as s:
+        return await verify_chain(s)
 
 
 def _csv_row(view: dict[str, Any]) -> list[str]:
@@ -153,7 +158,7 @@ def _csv_row(view: dict[str, Any]) -> list[str]:
 
 
 async def _export(request: Request, f: AuditFilter, fmt: str) -> AsyncIterator[str]:
-    db = ctx(request).db
+    db = get_ctx(request).db
     async with db.read() as s:
         last = (await s.execute(select(func.max(AuditEvent.id)))).scalar_one() or 0
     if fmt == "csv":
@@ -171,7 +176,7 @@ async def _export(request: Request, f: AuditFilter, fmt: str) -> AsyncIterator[s
         buf = io.StringIO()
         writer = csv.writer(buf)
         for e in rows:
-            view = audit_view(e)
+            view = audit_view(e).model_dump()
             if fmt == "csv":
                 writer.writerow(_csv_row(view))
             else:
@@ -187,7 +192,7 @@ async def export(request: Request, p: Principal = Depends(admin)) -> Response:
     if form.failed or fmt not in ("csv", "jsonl"):
         problem = "; ".join(form.errors.values()) or "format must be csv or jsonl"
         return Response(problem + "\n", status_code=400, media_type="text/plain")
-    stamp = ctx(request).db.clock.now().strftime("%Y%m%dT%H%M%SZ")
+    stamp = get_ctx(request).db.clock.now().strftime("%Y%m%dT%H%M%SZ")
     media = "text/csv; charset=utf-8" if fmt == "csv" else "application/x-ndjson"
     return StreamingResponse(
         _export(request, f, fmt),

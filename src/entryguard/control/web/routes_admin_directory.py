@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse, Response
+from sqlalchemy.ext.asyncio import AsyncSession
 
-from entryguard.control.api import admin_access as access_api
-from entryguard.control.api import admin_directory as directory_api
-from entryguard.control.api.deps import ctx, edges_apply
+from entryguard.control.api.deps import edges_apply, get_ctx
 from entryguard.control.auth.principal import Principal
 from entryguard.control.http_errors import error_status
-from entryguard.control.services import apikeys, roles, users
+from entryguard.control.services import apikeys, resources, roles, users
 from entryguard.control.services.apikeys import SCOPES
 from entryguard.control.services.journal import iso
 from entryguard.control.services.resources import get_resource
@@ -31,6 +31,7 @@ from entryguard.durations import DurationError, parse_duration
 from entryguard.errors import EntryGuardError
 
 router = APIRouter(prefix="/admin", include_in_schema=False)
+T = TypeVar("T")
 
 ROLE_FIELDS = {"invalid_name": "name", "role_exists": "name"}
 USER_FIELDS = {
@@ -53,6 +54,12 @@ def _duration(form: FormState, key: str, what: str) -> int | None:
         return None
 
 
+async def _read(request: Request, query: Callable[[AsyncSession], Awaitable[list[T]]]) -> list[T]:
+    """One list for a page, read by the same service function as the REST API's."""
+    async with get_ctx(request).db.read() as s:
+        return await query(s)
+
+
 def role_url(name: str) -> str:
     return f"/admin/roles/{quote(name, safe='')}"
 
@@ -70,7 +77,7 @@ async def _roles_page(
         title="Roles",
         nav="roles",
         status=status,
-        items=(await directory_api.list_roles(request, p))["items"],
+        items=await _read(request, roles.list_roles),
         form=form,
     )
 
@@ -90,7 +97,7 @@ async def create_role(request: Request, p: Principal = Depends(admin)) -> Respon
         return await _roles_page(request, p, form, 400)
     name = form.values.get("name", "")[:256]
     try:
-        async with ctx(request).db.write() as s:
+        async with get_ctx(request).db.write() as s:
             await roles.create_role(s, p.user.org_id, name, seconds, p.actor)
     except EntryGuardError as exc:
         form.errors = field_errors(exc, ROLE_FIELDS)
@@ -105,28 +112,25 @@ async def create_role(request: Request, p: Principal = Depends(admin)) -> Respon
 async def _role_page(
     request: Request, p: Principal, name: str, form: FormState, status: int = 200
 ) -> HTMLResponse:
-    async with ctx(request).db.read() as s:
+    c = get_ctx(request)
+    async with c.db.read() as s:
         role = await roles.role_view(s, await roles.get_role(s, name))
-    resources = (await access_api.list_resources(request, p))["items"]
-    all_users = (await directory_api.list_users(request, p))["items"]
+        all_resources = await resources.list_resources(s, c.settings)
+        all_users = await users.list_users(s)
     return render_page(
         request,
         "admin/role_edit.html",
         p=p,
-        title=f"Role {role['name']}",
+        title=f"Role {role.name}",
         nav="roles",
         status=status,
         role=role,
-        role_url=role_url(role["name"]),
+        role_url=role_url(role.name),
         resource_pairs=[
-            (r["name"], f"{r['name']} ({r['type']})")
-            for r in resources
-            if r["name"] not in role["resources"]
+            (r.name, f"{r.name} ({r.type})") for r in all_resources if r.name not in role.resources
         ],
         user_pairs=[
-            (u["email"], u["email"])
-            for u in all_users
-            if u["email"] not in role["users"] and not u["disabled"]
+            (u.email, u.email) for u in all_users if u.email not in role.users and not u.disabled
         ],
         form=form,
     )
@@ -145,7 +149,7 @@ async def _link(request: Request, p: Principal, name: str, kind: str, add: bool)
         form.errors[kind] = f"Choose a {kind} to add."
         return await _role_page(request, p, name, form, 400)
     try:
-        async with ctx(request).db.write() as s:
+        async with (tx := get_ctx(request).db.write()) as s:
             role = await roles.get_role(s, name)
             if kind == "resource":
                 res = await get_resource(s, member)
@@ -158,7 +162,7 @@ async def _link(request: Request, p: Principal, name: str, kind: str, add: bool)
             raise  # the page itself is gone: the 404 page
         form.errors[kind] = exc.message
         return await _role_page(request, p, name, form, error_status(exc))
-    await edges_apply(request, s.info.get("revision"))
+    await edges_apply(request, tx.revision)
     done = f"{member} added to {name}." if add else f"{member} removed from {name}."
     return redirect(request, role_url(name), Flash("success", done))
 
@@ -202,7 +206,7 @@ async def _users_page(
         title="Users",
         nav="users",
         status=status,
-        items=(await directory_api.list_users(request, p))["items"],
+        items=await _read(request, users.list_users),
         form=form,
         created=created,
     )
@@ -218,7 +222,7 @@ async def create_user(request: Request, p: Principal = Depends(admin)) -> Respon
     form = FormState(values=text_values(await checked_form(request, p)))
     v = form.values
     try:
-        async with ctx(request).db.write() as s:
+        async with get_ctx(request).db.write() as s:
             u, generated = await users.create_user(
                 s,
                 p.user.org_id,
@@ -233,21 +237,22 @@ async def create_user(request: Request, p: Principal = Depends(admin)) -> Respon
         form.errors = field_errors(exc, USER_FIELDS)
         return await _users_page(request, p, form, error_status(exc))
     if generated is None:
-        return redirect(request, "/admin/users", Flash("success", f"User {view['email']} created."))
+        return redirect(request, "/admin/users", Flash("success", f"User {view.email} created."))
     # A generated password is shown once, in this response, and stored nowhere in clear.
     return await _users_page(
-        request, p, FormState(), 201, created={"email": view["email"], "password": generated}
+        request, p, FormState(), 201, created={"email": view.email, "password": generated}
     )
 
 
 @router.post("/users/{email}/disable")
 async def disable_user(email: str, request: Request, p: Principal = Depends(admin)) -> Response:
     await checked_form(request, p)
-    try:  # the REST handler holds the "not yourself" rule
-        u = (await directory_api.disable_user(email, request, p))["user"]
+    try:
+        async with get_ctx(request).db.write() as s:
+            u = await users.disable_user(s, email, p.actor, by=p.user)
     except EntryGuardError as exc:
         return redirect(request, "/admin/users", Flash("error", exc.message))
-    text = f"{u['email']} disabled: their session ended and their sign-ins are revoked."
+    text = f"{u.email} disabled: their session ended and their sign-ins are revoked."
     return redirect(request, "/admin/users", Flash("success", text))
 
 
@@ -268,12 +273,12 @@ async def _keys_page(
         title="API keys",
         nav="apikeys",
         status=status,
-        items=(await directory_api.list_keys(request, p))["items"],
+        items=await _read(request, apikeys.list_keys),
         scopes=SCOPES,
         form=form,
         new_key=new_key,
         control_url=str(request.base_url).rstrip("/"),
-        now_iso=iso(ctx(request).db.clock.now()),
+        now_iso=iso(get_ctx(request).db.clock.now()),
     )
 
 
@@ -292,7 +297,7 @@ async def create_key(request: Request, p: Principal = Depends(admin)) -> Respons
     if form.failed:
         return await _keys_page(request, p, form, 400)
     try:
-        async with ctx(request).db.write() as s:
+        async with get_ctx(request).db.write() as s:
             k, secret = await apikeys.create_key(
                 s, p.user, form.values.get("name", "")[:256], scopes, expires, p.actor
             )
@@ -306,7 +311,7 @@ async def create_key(request: Request, p: Principal = Depends(admin)) -> Respons
         p,
         FormState(values={"scope": "agent:connect"}),
         201,
-        new_key={**view, "key": secret},
+        new_key={**view.model_dump(), "key": secret},
     )
 
 
@@ -314,9 +319,9 @@ async def create_key(request: Request, p: Principal = Depends(admin)) -> Respons
 async def revoke_key(name: str, request: Request, p: Principal = Depends(admin)) -> Response:
     await checked_form(request, p)
     try:
-        async with ctx(request).db.write() as s:
+        async with (tx := get_ctx(request).db.write()) as s:
             await apikeys.revoke_key(s, name, p.actor)
     except EntryGuardError as exc:
         return redirect(request, "/admin/apikeys", Flash("error", exc.message))
-    await edges_apply(request, s.info.get("revision"))
+    await edges_apply(request, tx.revision)
     return redirect(request, "/admin/apikeys", Flash("success", f"API key {name} revoked."))

@@ -5,9 +5,9 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
-from entryguard.control.api import admin_access as access_api
-from entryguard.control.api.deps import ctx
+from entryguard.control.api.deps import CtxDep, edges_apply
 from entryguard.control.auth.principal import Principal
+from entryguard.control.services import agents, sessions
 from entryguard.control.web.auth import admin, checked_form
 from entryguard.control.web.render import Flash, redirect, render_page
 from entryguard.errors import EntryGuardError
@@ -18,10 +18,11 @@ RECENT = 50
 
 
 @router.get("/sessions")
-async def list_sessions(request: Request, p: Principal = Depends(admin)) -> Response:
-    active = (await access_api.list_sessions(request, active=True, p=p))["items"]
-    latest = (await access_api.list_sessions(request, active=False, p=p))["items"]
-    ended = [x for x in latest if not x["active"]][:RECENT]
+async def list_sessions(request: Request, c: CtxDep, p: Principal = Depends(admin)) -> Response:
+    async with c.db.read() as s:
+        active = await sessions.list_sessions(s, active=True)
+        latest = await sessions.list_sessions(s, active=False)
+    ended = [x for x in latest if not x.active][:RECENT]
     return render_page(
         request,
         "admin/sessions.html",
@@ -35,22 +36,23 @@ async def list_sessions(request: Request, p: Principal = Depends(admin)) -> Resp
 
 @router.post("/sessions/{session_id}/revoke")
 async def revoke_session(
-    session_id: int, request: Request, p: Principal = Depends(admin)
+    session_id: int, request: Request, c: CtxDep, p: Principal = Depends(admin)
 ) -> Response:
     await checked_form(request, p)
-    # The REST handler holds the lookup and the "already ended" rule; it also waits
-    # for the edges to cut the IP.
     try:
-        sess = (await access_api.revoke_session(session_id, request, p))["session"]
+        async with (tx := c.db.write()) as s:
+            out = await sessions.revoke_session(s, session_id, p.actor)
     except EntryGuardError as exc:
         return redirect(request, "/admin/sessions", Flash("error", exc.message))
-    text = f"Session {session_id} of {sess['user_email']} revoked: {sess['ip']} is cut off."
+    await edges_apply(request, tx.revision)  # the edges cut the IP before we answer
+    text = f"Session {session_id} of {out.user.email} revoked: {out.session.ip} is cut off."
     return redirect(request, "/admin/sessions", Flash("success", text))
 
 
 @router.get("/agents")
-async def list_agents(request: Request, p: Principal = Depends(admin)) -> Response:
-    items = (await access_api.agents(request, p))["items"]
+async def list_agents(request: Request, c: CtxDep, p: Principal = Depends(admin)) -> Response:
+    async with c.db.read() as s:
+        items = await agents.list_agents(s, c.settings.agent_offline_after)
     return render_page(
         request,
         "admin/agents.html",
@@ -58,5 +60,5 @@ async def list_agents(request: Request, p: Principal = Depends(admin)) -> Respon
         title="Agents",
         nav="agents",
         items=items,
-        offline_after=int(ctx(request).settings.agent_offline_after),
+        offline_after=int(c.settings.agent_offline_after),
     )

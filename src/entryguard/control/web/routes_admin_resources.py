@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse, Response
 from sqlalchemy import select
 
-from entryguard.control.api import admin_access as access_api
-from entryguard.control.api.deps import ctx, edges_apply
+from entryguard.control.api.deps import CtxDep, edges_apply, get_ctx
 from entryguard.control.auth.principal import Principal
 from entryguard.control.db.models import ApiKey
 from entryguard.control.http_errors import error_status
 from entryguard.control.services import resources
-from entryguard.control.services.views import admin_resource_view
+from entryguard.control.services.views import AdminResourceView, admin_resource_view
 from entryguard.control.web.auth import admin, checked_form
 from entryguard.control.web.render import (
     Flash,
@@ -45,7 +42,7 @@ CREATE_FIELDS = {
 
 async def agent_credentials(request: Request) -> list[ApiKey]:
     """Live API keys an agent can connect with: the choices for "Agent credential"."""
-    async with ctx(request).db.read() as s:
+    async with get_ctx(request).db.read() as s:
         keys = (
             await s.execute(select(ApiKey).where(ApiKey.revoked_at.is_(None)).order_by(ApiKey.name))
         ).scalars()
@@ -53,8 +50,9 @@ async def agent_credentials(request: Request) -> list[ApiKey]:
 
 
 @router.get("")
-async def list_resources(request: Request, p: Principal = Depends(admin)) -> Response:
-    items = (await access_api.list_resources(request, p))["items"]
+async def list_resources(request: Request, c: CtxDep, p: Principal = Depends(admin)) -> Response:
+    async with c.db.read() as s:
+        items = await resources.list_resources(s, c.settings)
     return render_page(
         request, "admin/resources.html", p=p, title="Resources", nav="resources", items=items
     )
@@ -104,7 +102,7 @@ async def create_resource(request: Request, p: Principal = Depends(admin)) -> Re
         form.errors["agent"] = "Choose the agent credential (an API key with agent:connect)."
     if form.failed:
         return await _new_page(request, p, form, 400)
-    c = ctx(request)
+    c = get_ctx(request)
     try:
         async with c.db.write() as s:
             r = await resources.create_resource(
@@ -132,22 +130,22 @@ def _with_target_field(exc: EntryGuardError) -> dict[str, str]:
     return {**CREATE_FIELDS, "invalid_target": where}
 
 
-def _created_text(view: dict[str, Any]) -> str:
-    if view["type"] == "tunnel":
-        return f"Resource {view['name']} created: {view['connection']} → {view['target']}."
-    return f"Resource {view['name']} created: scripts in {view['script_dir']}."
+def _created_text(view: AdminResourceView) -> str:
+    if view.type == "tunnel":
+        return f"Resource {view.name} created: {view.connection} → {view.target}."
+    return f"Resource {view.name} created: scripts in {view.script_dir}."
 
 
 @router.post("/{name}/delete")
 async def delete_resource(name: str, request: Request, p: Principal = Depends(admin)) -> Response:
     await checked_form(request, p)
     try:
-        async with ctx(request).db.write() as s:
+        async with (tx := get_ctx(request).db.write()) as s:
             r = await resources.get_resource(s, name)
             await resources.delete_resource(s, r, p.actor)
     except EntryGuardError as exc:
         return redirect(request, "/admin/resources", Flash("error", exc.message))
-    await edges_apply(request, s.info.get("revision"))
+    await edges_apply(request, tx.revision)
     return redirect(
         request, "/admin/resources", Flash("success", f"Resource {name} deleted; its grants ended.")
     )

@@ -6,8 +6,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse, Response
 from sqlalchemy import func, select
 
-from entryguard.control.api import me as me_api
-from entryguard.control.api.deps import client_ip, ctx, edges_apply
+from entryguard.control.api.deps import ClientIp, CtxDep, client_ip, edges_apply, get_ctx
 from entryguard.control.auth.principal import Principal
 from entryguard.control.db.models import RoleUser
 from entryguard.control.http_errors import error_status
@@ -23,7 +22,7 @@ router = APIRouter(include_in_schema=False)
 
 
 async def _home(request: Request, p: Principal, form: FormState, status: int = 200) -> HTMLResponse:
-    c = ctx(request)
+    c = get_ctx(request)
     async with c.db.read() as s:
         sess = await sessions.active_session(s, p.user.id)
         resources = [resource_view(r, c.settings) for r in await user_resources(s, p.user.id)]
@@ -63,41 +62,44 @@ async def start_session(request: Request, p: Principal = Depends(signed_in)) -> 
     except DurationError as exc:
         form.errors["duration"] = str(exc)
         return await _home(request, p, form, 400)
-    c = ctx(request)
+    c = get_ctx(request)
     try:
-        async with c.db.write() as s:
+        async with (tx := c.db.write()) as s:
             out = await sessions.start_session(s, p.user, client_ip(request), seconds, c.settings)
     except EntryGuardError as exc:
         form.errors["duration"] = exc.message
         return await _home(request, p, form, error_status(exc))
-    await edges_apply(request, s.info.get("revision"))
-    sess = out["session"]
+    await edges_apply(request, tx.revision)
+    sess = out.session
     text = f"Session started for {sess.ip}: {format_duration(seconds)}."
-    if out["capped"]:
+    if out.capped:
         text = (
             f"Session started for {sess.ip}, capped at your roles' maximum of "
-            f"{format_duration(out['max_duration_seconds'])}."
+            f"{format_duration(out.max_duration_seconds)}."
         )
     return redirect(request, "/", Flash("success", text))
 
 
 @router.post("/session/stop")
-async def stop_session(request: Request, p: Principal = Depends(signed_in)) -> Response:
+async def stop_session(
+    request: Request, c: CtxDep, ip: ClientIp, p: Principal = Depends(signed_in)
+) -> Response:
     await checked_form(request, p)
     try:
-        async with ctx(request).db.write() as s:
-            await sessions.stop_session(s, p.user, client_ip(request))
+        async with (tx := c.db.write()) as s:
+            await sessions.stop_session(s, p.user, ip)
     except EntryGuardError as exc:
         return redirect(request, "/", Flash("warning", exc.message))
-    await edges_apply(request, s.info.get("revision"))
+    await edges_apply(request, tx.revision)
     return redirect(request, "/", Flash("success", "Session stopped: your IP is revoked."))
 
 
 @router.get("/history")
-async def history(request: Request, p: Principal = Depends(signed_in)) -> Response:
-    # The REST API's read handler, called in-process: the same rows and views as
+async def history(request: Request, c: CtxDep, p: Principal = Depends(signed_in)) -> Response:
+    # The service behind the REST API's history too: the same rows and views as
     # `eg session history`, and one query to maintain.
-    items = (await me_api.history(request, p))["items"]
+    async with c.db.read() as s:
+        items = await sessions.session_history(s, p.user)
     return render_page(
         request, "history.html", p=p, title="Session history", nav="history", items=items
     )
