@@ -11,17 +11,17 @@ import os
 import socket
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
 from rich.console import Console
 
 from entryguard import __version__, aio
-from entryguard.cli.output import one_line, print_error
-from entryguard.cli.standalone import EXIT_FAILED, EXIT_USAGE, new_app, run_app
+from entryguard.console import EXIT_FAILED, EXIT_USAGE, new_app, one_line, print_error, run_app
 from entryguard.control.db.database import Database, async_url, sqlite_url_for
 from entryguard.control.settings import PortRange, Settings
 from entryguard.net import CidrError, parse_cidr
+from entryguard.net.listen import ListenError, parse_listen
 
 app = new_app("EntryGuard: just-in-time, time-bounded network access.")
 db_app = new_app("Database maintenance.")
@@ -61,13 +61,13 @@ OfflineAfter = Annotated[
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts instead of text.")]
 
 
-def fail(message: str, code: int = EXIT_FAILED) -> None:
+def fail(message: str, code: int = EXIT_FAILED) -> NoReturn:
     """One line on stderr, then exit: 1 when something failed, 2 (``usage``) for bad flags."""
     print_error(message)
     raise typer.Exit(code)
 
 
-def usage(message: str) -> None:
+def usage(message: str) -> NoReturn:
     fail(message, EXIT_USAGE)
 
 
@@ -101,20 +101,12 @@ def db_error(exc: BaseException) -> str:
     return one_line(str(err))
 
 
-def parse_listen(text: str, default_port: int) -> tuple[str, int]:
-    t = (
-        text.removeprefix("http://")
-        .removeprefix("https://")
-        .removeprefix("ws://")
-        .removeprefix("wss://")
-    )
-    host, sep, port = t.rpartition(":")
-    if not sep:
-        host, port = t, str(default_port)
-    host = host.strip("[]") or "127.0.0.1"
-    if not port.isdigit() or not (0 <= int(port) <= 65535):
-        usage(f"invalid listen address {text!r}: expected HOST:PORT, e.g. 127.0.0.1:8080")
-    return host, int(port)
+def listen_address(text: str, default_port: int) -> tuple[str, int]:
+    """``--listen`` / ``--edge-listen`` as (host, port), or a usage error."""
+    try:
+        return parse_listen(text, default_port)
+    except ValueError as exc:
+        usage(str(exc))
 
 
 def is_loopback(host: str) -> bool:
@@ -258,27 +250,29 @@ def _run_control(
     port: int,
     tls: tuple[str, str] | None,
     log_level: str,
-    with_edge: bool,
-    edge_listen: str,
-    banner: bool,
+    edge: tuple[str, int] | None,
 ) -> None:
+    """The control plane alone (``server``), or with the local edge beside it (``up``)."""
     from sqlalchemy.exc import SQLAlchemyError
 
     from entryguard.control.runner import run_control_plane
+    from entryguard.runtime.up import run_up
 
     try:
-        aio.run(
-            run_control_plane(
-                settings,
-                host,
-                port,
-                tls=tls,
-                log_level=log_level,
-                with_edge=with_edge,
-                edge_listen=edge_listen,
-                banner=banner,
+        if edge is None:
+            aio.run(run_control_plane(settings, host, port, tls=tls, log_level=log_level))
+        else:
+            aio.run(
+                run_up(
+                    settings,
+                    host,
+                    port,
+                    tls=tls,
+                    log_level=log_level,
+                    edge_host=edge[0],
+                    edge_port=edge[1],
+                )
             )
-        )
     except KeyboardInterrupt:
         pass
     except (SQLAlchemyError, ConnectionRefusedError, socket.gaierror) as exc:
@@ -376,7 +370,7 @@ def _serve(
         check_database_url(database_url)
     if database_url is None or edge_listen is not None:
         prepare_data_dir(data_dir)
-    host, port = parse_listen(listen, 8080)
+    host, port = listen_address(listen, 8080)
     tls = _tls_args(host, tls_cert, tls_key, tls_self_signed, data_dir, public_host)
     settings = build_settings(
         data_dir,
@@ -387,8 +381,10 @@ def _serve(
         tls is not None,
         agent_offline_after,
     )
-    with_edge = edge_listen is not None
-    _run_control(settings, host, port, tls, log_level, with_edge, edge_listen or "", with_edge)
+    # Checked before anything starts (before, a bad --edge-listen stopped `up` only once
+    # the control plane was serving); the message and the exit code (2) are the same.
+    edge = listen_address(edge_listen, 8081) if edge_listen is not None else None
+    _run_control(settings, host, port, tls, log_level, edge)
 
 
 @app.command(short_help="Run the control plane and the edge in one process.")
@@ -510,12 +506,12 @@ def edge(
     """Run an edge: tunnel ports and the agents' WebSocket endpoint; holds no database credentials."""
     import ssl
 
-    from entryguard.control.runner import ListenError, bind_socket
     from entryguard.edge.service import Edge
+    from entryguard.net.listen import bind_socket
 
     setup_logging(log_level)
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    host, port = parse_listen(listen, 8081)
+    host, port = listen_address(listen, 8081)
     if bool(tls_cert) != bool(tls_key):
         usage("give both --tls-cert and --tls-key")
     if not tls_cert and not is_loopback(host):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import sys
@@ -22,8 +21,7 @@ from entryguard.agent.config import (
     load_config,
     parse_config,
 )
-from entryguard.cli.output import one_line
-from entryguard.cli.standalone import new_app, run_app
+from entryguard.console import new_app, one_line, print_json, run_app
 
 app = new_app("The EntryGuard agent: tunnels to private targets, and your apply/revoke scripts.")
 # Whole lines (no wrapping at 80 columns when piped), nothing read as Rich markup.
@@ -46,11 +44,6 @@ def fail(message: str, code: int = 1) -> None:
     sys.stdout.flush()
     err.print(f"error: {one_line(message)}")
     raise typer.Exit(code)
-
-
-def print_json(data: Any) -> None:
-    sys.stdout.write(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
-    sys.stdout.flush()
 
 
 def _config_path(config: Path | None) -> Path:

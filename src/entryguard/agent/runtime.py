@@ -10,24 +10,33 @@ import signal
 
 from entryguard.agent.config import AgentConfig
 from entryguard.agent.control_client import ControlClient, ControlPlaneError
+from entryguard.agent.scripts import run_scripts
+from entryguard.agent.tunnel import TunnelClient
 
 log = logging.getLogger("entryguard.agent")
 
-# EG_AGENT_HEARTBEAT_INTERVAL (seconds) exists for tests; operators keep the default,
-# which the control plane's offline threshold (three missed beats) is tuned to.
-HEARTBEAT_INTERVAL = float(os.environ.get("EG_AGENT_HEARTBEAT_INTERVAL") or 15.0)
+HEARTBEAT_INTERVAL = 15.0
 # On SIGTERM open tunnel streams get this long to finish before they are reset, so a
 # stop takes a few seconds even with long-lived connections (database sessions) open.
 DRAIN_TIMEOUT = 2.0
 
 
-async def _heartbeats(control: ControlClient, tunnel_connected: asyncio.Event | None) -> None:
+def heartbeat_interval_from_env() -> float:
+    """EG_AGENT_HEARTBEAT_INTERVAL (seconds) exists for tests; operators keep the default,
+    which the control plane's offline threshold (three missed beats) is tuned to. Read
+    when the agent starts, never at import."""
+    return float(os.environ.get("EG_AGENT_HEARTBEAT_INTERVAL") or HEARTBEAT_INTERVAL)
+
+
+async def _heartbeats(
+    control: ControlClient, tunnel_connected: asyncio.Event | None, interval: float
+) -> None:
     while True:
         try:
             await control.heartbeat(tunnel_connected.is_set() if tunnel_connected else False)
         except ControlPlaneError as exc:
             log.warning("heartbeat failed: %s", exc)
-        await asyncio.sleep(HEARTBEAT_INTERVAL)
+        await asyncio.sleep(interval)
 
 
 async def run_agent(cfg: AgentConfig) -> None:
@@ -40,20 +49,16 @@ async def run_agent(cfg: AgentConfig) -> None:
     tasks: list[asyncio.Task[None]] = []
     tunnel = None
     if cfg.tunnel.enabled:
-        from entryguard.agent.tunnel import TunnelClient
-
         tunnel = TunnelClient(cfg, control)
         tasks.append(asyncio.create_task(tunnel.run(), name="tunnel"))
     if cfg.scripts.enabled:
-        try:
-            from entryguard.agent.scripts import run_scripts
-        except ImportError:
-            log.warning("[scripts] script mode is not available in this build")
-        else:
-            tasks.append(asyncio.create_task(run_scripts(cfg, control), name="scripts"))
+        tasks.append(asyncio.create_task(run_scripts(cfg, control), name="scripts"))
     tasks.append(
         asyncio.create_task(
-            _heartbeats(control, tunnel.connected if tunnel else None), name="heartbeat"
+            _heartbeats(
+                control, tunnel.connected if tunnel else None, heartbeat_interval_from_env()
+            ),
+            name="heartbeat",
         )
     )
     log.info("eg-agent %s started (modes: %s)", cfg.agent.name, ", ".join(cfg.modes))

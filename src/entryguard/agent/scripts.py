@@ -27,7 +27,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import random
 import signal
 import subprocess
 import sys
@@ -37,6 +36,7 @@ from typing import Any
 
 from entryguard.agent.config import AgentConfig
 from entryguard.agent.control_client import ControlClient, ControlPlaneError
+from entryguard.backoff import Backoff
 from entryguard.clock import SYSTEM, Clock
 from entryguard.errors import Forbidden
 from entryguard.net import CidrError, parse_cidr
@@ -313,22 +313,20 @@ class ScriptRunner:
         )
         for d in _missing(self.allowed_dirs):
             log.warning("[scripts] allowed dir %s does not exist", d)
-        failures = 0
+        backoff = Backoff(0.5, BACKOFF_MAX)
         while True:
             try:
                 data = await self.control.next_command(POLL_WAIT)
             except ControlPlaneError as exc:
-                failures += 1
-                delay = _backoff(failures)
+                delay = backoff.next()
                 log.warning("[scripts] cannot fetch commands: %s (retrying in %.1f s)", exc, delay)
                 await asyncio.sleep(delay)
                 continue
             except Exception:
-                failures += 1
                 log.exception("[scripts] unexpected error while fetching commands")
-                await asyncio.sleep(_backoff(failures))
+                await asyncio.sleep(backoff.next())
                 continue
-            failures = 0
+            backoff.reset()
             if data is not None:
                 await self.handle(data)
 
@@ -451,7 +449,7 @@ class ScriptRunner:
     ) -> None:
         """Send the result, retrying while the control plane is unreachable."""
         deadline = None if give_up_after is None else self.clock.monotonic() + give_up_after
-        failures = 0
+        backoff = Backoff(0.5, BACKOFF_MAX)
         while True:
             try:
                 await self.control.report_command(
@@ -466,8 +464,7 @@ class ScriptRunner:
                 if not exc.transient:
                     log.error("[scripts] command %d: the result was refused: %s", cmd.id, exc)
                     return
-                failures += 1
-                delay = _backoff(failures)
+                delay = backoff.next()
                 if deadline is not None and self.clock.monotonic() + delay > deadline:
                     log.error(
                         "[scripts] command %d: could not report the result (%s); it stays "
@@ -494,12 +491,6 @@ def _signal_name(num: int) -> str:
         return signal.Signals(num).name
     except ValueError:
         return str(num)
-
-
-def _backoff(failures: int) -> float:
-    """Exponential with jitter: 0.5 s, 1 s, 2 s… up to 30 s."""
-    base = min(BACKOFF_MAX, 0.5 * float(2 ** min(failures - 1, 10)))
-    return base * random.uniform(0.5, 1.0)
 
 
 async def run_scripts(cfg: AgentConfig, control: ControlClient) -> None:

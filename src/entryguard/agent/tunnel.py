@@ -13,7 +13,6 @@ import contextlib
 import functools
 import ipaddress
 import logging
-import random
 import socket
 import ssl
 from typing import Any
@@ -24,11 +23,13 @@ from websockets.asyncio.client import ClientConnection
 from entryguard import __version__
 from entryguard.agent.config import AgentConfig
 from entryguard.agent.control_client import ControlClient, ControlPlaneError, TunnelTarget
-from entryguard.mux import MuxConnection, ResetCode
+from entryguard.backoff import Backoff
+from entryguard.mux import MuxConnection, ResetCode, hello
 from entryguard.net import IPNetwork, normalize_ip
 from entryguard.relay.link import AgentClientConnection, MuxLink
 from entryguard.relay.stream import SocketStream
 from entryguard.relay.tasks import TaskSet
+from entryguard.relay.wsoptions import link_options
 
 log = logging.getLogger("entryguard.agent")
 
@@ -212,7 +213,7 @@ class TunnelClient:
 
     async def run(self) -> None:
         refresher = asyncio.create_task(self._refresh_loop())
-        backoff = 0.5
+        backoff = Backoff(0.5, BACKOFF_MAX)
         try:
             while True:
                 try:
@@ -227,19 +228,13 @@ class TunnelClient:
                     async with websockets.connect(
                         f"{self.edge_url}/agent/connect",
                         ssl=ssl_ctx,
-                        compression=None,
                         open_timeout=15,
                         additional_headers={"Authorization": f"Bearer {self.cfg.server.api_key}"},
                         user_agent_header=f"eg-agent/{__version__}",
-                        ping_interval=10,
-                        ping_timeout=15,
-                        close_timeout=2,
-                        max_size=2 * 1024 * 1024,
-                        max_queue=64,
-                        write_limit=512 * 1024,
                         create_connection=AgentClientConnection,
+                        **link_options(),
                     ) as ws:
-                        backoff = 0.5
+                        backoff.reset()
                         await self._serve(ws)
                     if self._draining:
                         log.info("[tunnel] disconnected from edge at %s", self.edge_url)
@@ -256,9 +251,7 @@ class TunnelClient:
                 self.connected.clear()
                 if self._draining:
                     return
-                delay = min(BACKOFF_MAX, backoff) * (0.5 + random.random() / 2)
-                await asyncio.sleep(delay)
-                backoff = min(BACKOFF_MAX, backoff * 2)
+                await asyncio.sleep(backoff.next())
         finally:
             refresher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -268,15 +261,7 @@ class TunnelClient:
         mux = MuxConnection(role="agent")
         link = MuxLink(ws, mux, "edge", on_open=self._on_open, on_control=self._on_control)
         self.link = link
-        mux.send_control(
-            {
-                "type": "hello",
-                "version": 1,
-                "agent": __version__,
-                "name": self.cfg.agent.name,
-                "window": mux.initial_window,
-            }
-        )
+        mux.send_control(hello(mux.initial_window, agent=__version__, name=self.cfg.agent.name))
         link.kick()
         log.info("[tunnel] connected to edge at %s", self.edge_url)
         self.connected.set()

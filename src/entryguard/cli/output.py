@@ -8,80 +8,46 @@ name are shown as they are.
 
 from __future__ import annotations
 
-import json
-import os
-import re
 import sys
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
-from typing import Any, TextIO
 
 from rich import box
-from rich.console import Console
 from rich.table import Table
-from rich.text import Text
 
+from entryguard.console import (
+    clean,
+    one_line,
+    print_error,
+    print_json,
+    print_json_line,
+    print_line,
+    print_ok,
+    print_warning,
+    stdout,
+)
 from entryguard.durations import format_duration
 
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029]")
-_NEWLINES = re.compile(r"\s*[\r\n]+\s*")
-
-
-def clean(value: object) -> str:
-    """Text that is safe to print: no control characters, ``-`` for nothing."""
-    if value is None or value == "":
-        return "-"
-    return _CONTROL.sub("?", str(value))
-
-
-def one_line(message: str) -> str:
-    return _CONTROL.sub("?", _NEWLINES.sub(" ", message.strip()))
-
-
-def _console(stream: TextIO) -> Console:
-    # Piped output keeps whole lines: Rich would otherwise wrap at 80 columns.
-    wide = not stream.isatty() and not os.environ.get("COLUMNS")
-    return Console(
-        file=stream,
-        highlight=False,
-        soft_wrap=True,
-        width=240 if wide else None,
-        emoji=False,
-        markup=False,
-    )
-
-
-def stdout() -> Console:
-    return _console(sys.stdout)
-
-
-def print_line(text: str | Text = "") -> None:
-    stdout().print(text)
-
-
-def print_ok(message: str) -> None:
-    """``✓ message``, the check in green on a terminal."""
-    stdout().print(Text.assemble(("✓", "green"), " ", message))
-
-
-def print_warning(message: str) -> None:
-    sys.stdout.flush()  # keep the order of stdout and stderr when both go to one place
-    _console(sys.stderr).print(Text.assemble(("warning:", "yellow"), " ", one_line(message)))
-
-
-def print_error(message: str) -> None:
-    sys.stdout.flush()
-    _console(sys.stderr).print(Text.assemble(("error:", "red"), " ", one_line(message)))
-
-
-def print_json(data: Any) -> None:
-    sys.stdout.write(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
-    sys.stdout.flush()
-
-
-def print_json_line(data: Any) -> None:
-    sys.stdout.write(json.dumps(data, ensure_ascii=False, separators=(",", ":")) + "\n")
-    sys.stdout.flush()
+# The one-line and JSON printers live in entryguard.console (shared with entryguard
+# and eg-agent); eg's modules import them from here with the tables and times.
+__all__ = [
+    "clean",
+    "format_hours",
+    "format_relative",
+    "format_time",
+    "one_line",
+    "parse_time",
+    "print_error",
+    "print_json",
+    "print_json_line",
+    "print_line",
+    "print_ok",
+    "print_table",
+    "print_warning",
+    "seconds_until",
+    "stdout",
+    "yes_no",
+]
 
 
 def print_table(columns: Sequence[str], rows: Iterable[Sequence[object]], *, empty: str) -> None:

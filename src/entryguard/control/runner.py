@@ -1,4 +1,5 @@
-"""Serving the control plane (and, for `entryguard up`, the edge beside it)."""
+"""Serving the control plane; for `entryguard up`, something started beside it (the
+local edge, wired in by :mod:`entryguard.runtime.up`: this module never imports the edge)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import signal
 import socket
 from collections.abc import Awaitable, Callable, Generator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 import uvicorn
 
@@ -21,8 +22,13 @@ from entryguard.control.banner import print_banner
 from entryguard.control.bootstrap import migrate_and_bootstrap
 from entryguard.control.db.database import Database
 from entryguard.control.services.apikeys import create_edge_token
+from entryguard.control.services.edge_sync import check_edge_token
 from entryguard.control.settings import Settings
-from entryguard.errors import Unavailable
+from entryguard.net.listen import bind_socket, shown_host
+
+StartBeside: TypeAlias = Callable[[Database, str], Awaitable[tuple[asyncio.Task[None], str]]]
+"""Given the database and the API's URL once it serves: start what runs beside the
+control plane in this process, and return its task (cancelled at shutdown) and URL."""
 
 log = logging.getLogger("entryguard")
 
@@ -32,8 +38,6 @@ async def local_edge_token(db: Database, data_dir: Path) -> str:
     path = data_dir / "edge-token"
     if path.exists():
         token = path.read_text().strip()
-        from entryguard.control.services.edge_sync import check_edge_token
-
         try:
             async with db.read() as s:
                 await check_edge_token(s, token)
@@ -83,30 +87,6 @@ class _Server(uvicorn.Server):
         await super().shutdown(sockets)
 
 
-class ListenError(Unavailable, OSError):
-    """A listening address could not be bound; the message says what to do."""
-
-    code = "listen_failed"
-
-
-def bind_socket(host: str, port: int, flag: str) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-        sock.listen(1024)
-    except OSError as exc:
-        sock.close()
-        reason = exc.strerror or str(exc)
-        raise ListenError(
-            f"cannot listen on {host}:{port}: {reason.lower()} "
-            f"(is another EntryGuard running? choose another address with {flag})"
-        ) from exc
-    sock.setblocking(False)
-    return sock
-
-
 async def run_control_plane(
     settings: Settings,
     host: str,
@@ -114,10 +94,10 @@ async def run_control_plane(
     *,
     tls: tuple[str, str] | None,
     log_level: str,
-    with_edge: bool,
-    edge_listen: str,
-    banner: bool,
+    beside: StartBeside | None = None,
 ) -> None:
+    """Serve until SIGTERM or SIGINT. With ``beside`` (``entryguard up``), start it once
+    the API serves and print the banner when it is up."""
     # Bind first: a taken port must fail before a first start creates (and would
     # never show) the admin's generated password.
     sock = bind_socket(host, port, "--listen")
@@ -145,7 +125,6 @@ async def run_control_plane(
         return
     app = create_app(settings, db)
     scheme = "https" if tls else "http"
-    shown_host = f"[{host}]" if ":" in host else host
     config = uvicorn.Config(
         app,
         host=host,
@@ -180,18 +159,18 @@ async def run_control_plane(
                 await serve  # raises the bind error
                 raise SystemExit(1)
             await asyncio.sleep(0.02)
-        api_url = f"{scheme}://{shown_host}:{sock.getsockname()[1]}"
+        api_url = f"{scheme}://{shown_host(host)}:{sock.getsockname()[1]}"
         # The edge starts while the API serves (it follows it), so a stop signal during
         # its start-up (waiting for the first sync) must not wait for it: race the two.
         starting = asyncio.create_task(
-            _start_edge(db, settings, api_url, edge_listen, tls, tasks) if with_edge else _none(),
+            _start_beside(beside, db, api_url, tasks) if beside is not None else _none(),
             name="edge-start",
         )
         tasks.append(starting)
         await asyncio.wait([serve, starting], return_when=asyncio.FIRST_COMPLETED)
         if starting.done() and not starting.cancelled() and not server.should_exit:
             edge_url = starting.result()  # raises the edge's bind error
-            if banner:
+            if beside is not None:
                 print_banner(first, api_url, edge_url, settings)
         await serve
     finally:
@@ -210,22 +189,9 @@ async def _none() -> str | None:
     return None
 
 
-async def _start_edge(
-    db: Database,
-    settings: Settings,
-    api_url: str,
-    edge_listen: str,
-    tls: tuple[str, str] | None,
-    tasks: list[asyncio.Task[None]],
-) -> str | None:
-    token = await local_edge_token(db, settings.data_dir)
-    try:
-        from entryguard.edge.service import start_local_edge
-    except ImportError:
-        log.warning("the edge is not available in this build; running the control plane only")
-        return None
-    edge_task, edge_url = await start_local_edge(
-        control_url=api_url, edge_token=token, listen=edge_listen, settings=settings, tls=tls
-    )
-    tasks.append(edge_task)
-    return edge_url
+async def _start_beside(
+    beside: StartBeside, db: Database, api_url: str, tasks: list[asyncio.Task[Any]]
+) -> str:
+    task, url = await beside(db, api_url)
+    tasks.append(task)
+    return url

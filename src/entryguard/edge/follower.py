@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import ssl
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import httpx
 
+from entryguard.backoff import Backoff
 from entryguard.clock import SYSTEM, Clock
 from entryguard.edge.state import EdgeState
 from entryguard.sync.changes import ChangeError, ChangeRow
@@ -186,7 +186,7 @@ class ControlPlaneFollower:
                 raise Unready(f"{self.base} stopped answering its health check")
 
     async def run(self) -> None:
-        backoff = 0.5
+        backoff = Backoff(0.5, 10.0, jitter=(0.5, 1.5))
         need_snapshot = True
         misses = 0  # replicas failed in a row: after a whole round, back off
         while True:
@@ -219,7 +219,7 @@ class ControlPlaneFollower:
                 self._mark_ok()
                 if not need_snapshot:
                     self._synced()
-                backoff = 0.5
+                backoff.reset()
             except asyncio.CancelledError:
                 raise
             except (httpx.HTTPError, OSError, Unready) as exc:
@@ -237,8 +237,7 @@ class ControlPlaneFollower:
                     self.failovers += 1
                     log.info("trying the control plane at %s", self.base)
                 if misses % len(self._clients) == 0:
-                    await asyncio.sleep(backoff * (0.5 + random.random()))
-                    backoff = min(backoff * 2, 10.0)
+                    await asyncio.sleep(backoff.next())
             except (ChangeError, ValueError, KeyError, TypeError) as exc:
                 # An answer this edge cannot use (a snapshot that does not parse): the
                 # state in force stays, the problem is reported, and a fresh snapshot is
@@ -246,8 +245,7 @@ class ControlPlaneFollower:
                 log.error("unusable answer from the control plane: %s", exc)
                 self._report("the control plane's answer could not be used")
                 need_snapshot = True
-                await asyncio.sleep(backoff * (0.5 + random.random()))
-                backoff = min(backoff * 2, 10.0)
+                await asyncio.sleep(backoff.next())
 
     def _apply(self, rows: list[Any]) -> bool:
         """Apply whole batches; True when a row could not be parsed.

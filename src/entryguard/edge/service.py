@@ -31,6 +31,7 @@ from entryguard.edge.state import AgentCredential, EdgeState, Tunnel
 from entryguard.mux import MuxConnection, ResetCode, hello
 from entryguard.net.allowlist import ip_of
 from entryguard.relay.link import EdgeServerConnection, MuxLink
+from entryguard.relay.wsoptions import PING_INTERVAL, PING_TIMEOUT, link_options
 
 log = logging.getLogger("entryguard.edge")
 
@@ -38,15 +39,14 @@ MAX_EXPIRY_SLEEP = 30.0
 
 
 def ping_interval_from_env() -> float:
-    """Pings at most 20 s apart and a dead agent noticed within 30 s, as promised; the
-    environment may shorten them (tests, or links through proxies with short idle
-    timers). Read when an edge is built, never at import."""
-    return float(os.environ.get("EG_EDGE_PING_INTERVAL", "10"))
+    """The environment may shorten the pings (tests, or links through proxies with short
+    idle timers). Read when an edge is built, never at import."""
+    return float(os.environ.get("EG_EDGE_PING_INTERVAL", str(PING_INTERVAL)))
 
 
 def ping_timeout_from_env() -> float:
     """See :func:`ping_interval_from_env`."""
-    return float(os.environ.get("EG_EDGE_PING_TIMEOUT", "15"))
+    return float(os.environ.get("EG_EDGE_PING_TIMEOUT", str(PING_TIMEOUT)))
 
 
 class AgentConnection(EdgeServerConnection):
@@ -438,16 +438,10 @@ class Edge:
         self.server = await websockets.serve(
             self._agent_handler,
             process_request=self.process_request,
-            compression=None,
-            ping_interval=self.ping_interval,
-            ping_timeout=self.ping_timeout,
-            close_timeout=2,  # a dead peer will not answer the closing handshake
-            max_size=2 * 1024 * 1024,
-            max_queue=64,
-            write_limit=512 * 1024,
             ssl=ssl_context,
             server_header=None,
             create_connection=AgentConnection,
+            **link_options(ping_interval=self.ping_interval, ping_timeout=self.ping_timeout),
             **kw,
         )
 

@@ -5,7 +5,7 @@ here. ``frames`` is the wire format, ``connection`` the state machine, ``errors`
 whose fault a failure was, ``events`` what ``receive_message`` reports.
 """
 
-from entryguard.mux.codes import PROTOCOL_VERSION, FrameType, ResetCode
+from entryguard.mux.codes import PROTOCOL_VERSION, FrameType, ResetCode, hello
 from entryguard.mux.connection import CHUNK, DEFAULT_WINDOW, MuxConnection
 from entryguard.mux.errors import (
     ConnectionProtocolError,
@@ -54,5 +54,6 @@ __all__ = [
     "StreamState",
     "WindowUpdated",
     "encode_frame",
+    "hello",
     "parse_frame",
 ]

@@ -1,4 +1,4 @@
-"""Numbers on the wire: frame types, reset codes and the protocol version.
+"""Numbers on the wire: frame types, reset codes, the protocol version and the hello.
 
 Kept apart from ``frames`` so that ``errors`` can name a reset code without an import
 cycle. The values are part of the protocol: never renumber, only append.
@@ -7,9 +7,17 @@ cycle. The values are part of the protocol: never renumber, only append.
 from __future__ import annotations
 
 from enum import IntEnum
+from typing import Any
 
 PROTOCOL_VERSION = 1
 """What a ``hello`` CONTROL message carries in ``version``."""
+
+
+def hello(window: int, **about: str) -> dict[str, Any]:
+    """The ``hello`` CONTROL message each side sends first (docs/protocol.md): the
+    protocol version, free-form extras naming the sender (``edge``, ``agent``, ``name``)
+    and this side's initial stream window."""
+    return {"type": "hello", "version": PROTOCOL_VERSION, **about, "window": window}
 
 
 class FrameType(IntEnum):
