@@ -573,7 +573,7 @@ def test_db_upgrade_on_a_new_postgresql_database() -> None:
     assert line == 'error: migration failed: database "eg_test_does_not_exist" does not exist'
     assert_one_line_error(
         entryguard("db", "upgrade", "--database-url", "mysql://x/y"),
-        1,
+        2,  # refused by our own check before any connection: a usage error
         "unsupported database 'mysql'",
         "postgresql://",
     )
