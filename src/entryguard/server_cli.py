@@ -20,6 +20,7 @@ from entryguard import __version__, aio
 from entryguard.console import EXIT_FAILED, EXIT_USAGE, new_app, one_line, print_error, run_app
 from entryguard.control.db.database import Database, async_url, sqlite_url_for
 from entryguard.control.settings import PortRange, Settings
+from entryguard.durations import DurationError, parse_duration
 from entryguard.net import CidrError, parse_cidr
 from entryguard.net.listen import ListenError, parse_listen
 
@@ -56,6 +57,42 @@ OfflineAfter = Annotated[
         help="An agent silent this long is marked offline (three missed 15 s heartbeats).",
     ),
 ]
+OfflineGrace = Annotated[
+    str,
+    typer.Option(
+        "--offline-grace",
+        envvar="EG_OFFLINE_GRACE",
+        show_envvar=True,
+        metavar="DURATION",
+        help="Without the control plane this long, refuse session and guest grants and "
+        "reset their connections (static rules stay); 0 keeps everything (fail-static).",
+    ),
+]
+
+
+def offline_grace_seconds(text: str) -> float:
+    """``--offline-grace``: a duration (a bare number is seconds), or 0 for fail-static."""
+    if text.strip().lower() in ("0", "0s", "0m", "0h"):
+        return 0.0
+    try:
+        return float(parse_duration(text, bare_unit="s"))
+    except DurationError as exc:
+        usage(f"--offline-grace: {exc} (or 0 to keep serving without the control plane)")
+
+
+def control_urls(given: list[str]) -> list[str]:
+    """``--control-url`` (repeatable), else ``EG_CONTROL_URLS`` (comma-separated), else
+    ``EG_CONTROL_URL``; each must be http(s)."""
+    urls = list(given)
+    if not urls:
+        env = os.environ.get("EG_CONTROL_URLS") or os.environ.get("EG_CONTROL_URL") or ""
+        urls = [u.strip() for u in env.split(",") if u.strip()]
+    if not urls:
+        usage("give the control plane: --control-url URL (repeatable) or EG_CONTROL_URLS")
+    for u in urls:
+        if not u.startswith(("http://", "https://")):
+            usage(f"--control-url {u!r} must start with http:// or https://")
+    return urls
 
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts instead of text.")]
@@ -127,7 +164,6 @@ def build_settings(
     secure: bool,
     agent_offline_after: str = "45s",
 ) -> Settings:
-    from entryguard.durations import parse_duration
 
     try:
         ports = PortRange.parse(tunnel_ports)
@@ -251,6 +287,7 @@ def _run_control(
     tls: tuple[str, str] | None,
     log_level: str,
     edge: tuple[str, int] | None,
+    offline_grace: float = 120.0,
 ) -> None:
     """The control plane alone (``server``), or with the local edge beside it (``up``)."""
     from sqlalchemy.exc import SQLAlchemyError
@@ -271,6 +308,7 @@ def _run_control(
                     log_level=log_level,
                     edge_host=edge[0],
                     edge_port=edge[1],
+                    offline_grace=offline_grace,
                 )
             )
     except KeyboardInterrupt:
@@ -361,6 +399,7 @@ def _serve(
     agent_offline_after: str,
     log_level: str,
     edge_listen: str | None,
+    offline_grace: float = 120.0,
 ) -> None:
     """`up` (with the edge) and `server` (without) share everything else."""
     from entryguard.control.bootstrap import prepare_data_dir
@@ -384,7 +423,7 @@ def _serve(
     # Checked before anything starts (before, a bad --edge-listen stopped `up` only once
     # the control plane was serving); the message and the exit code (2) are the same.
     edge = listen_address(edge_listen, 8081) if edge_listen is not None else None
-    _run_control(settings, host, port, tls, log_level, edge)
+    _run_control(settings, host, port, tls, log_level, edge, offline_grace)
 
 
 @app.command(short_help="Run the control plane and the edge in one process.")
@@ -400,9 +439,11 @@ def up(
     tls_self_signed: TlsSelfSigned = False,
     trusted_proxy: TrustedProxy = [],  # noqa: B006
     agent_offline_after: OfflineAfter = "45s",
+    offline_grace: OfflineGrace = "2m",
     log_level: LogLevel = "info",
 ) -> None:
     """Run the control plane and the edge in one process (SQLite in the data dir by default)."""
+    grace = offline_grace_seconds(offline_grace)
     _serve(
         data_dir=data_dir,
         listen=listen,
@@ -416,6 +457,7 @@ def up(
         agent_offline_after=agent_offline_after,
         log_level=log_level,
         edge_listen=edge_listen,
+        offline_grace=grace,
     )
 
 
@@ -452,16 +494,6 @@ def server(
 
 @app.command(short_help="Run an edge: tunnel ports and the agents' WebSocket endpoint.")
 def edge(
-    control_url: Annotated[
-        str,
-        typer.Option(
-            "--control-url",
-            envvar="EG_CONTROL_URL",
-            show_envvar=True,
-            metavar="URL",
-            help="The control plane, e.g. https://entryguard.example.com",
-        ),
-    ],
     edge_token: Annotated[
         str,
         typer.Option(
@@ -472,6 +504,16 @@ def edge(
             help="From `entryguard edge-token create` on the control plane.",
         ),
     ],
+    control_url: Annotated[
+        list[str],
+        typer.Option(
+            "--control-url",
+            metavar="URL",
+            help="A control-plane replica, e.g. https://cp1.example.com; repeat for several "
+            "(the edge moves to the next within seconds when one fails). "
+            "Env: EG_CONTROL_URLS=URL,URL",
+        ),
+    ] = [],  # noqa: B006
     listen: Annotated[
         str,
         typer.Option(
@@ -501,6 +543,17 @@ def edge(
         typer.Option("--tls-cert", metavar="PEM", help="TLS certificate (PEM) for wss://."),
     ] = None,
     tls_key: TlsKey = None,
+    name: Annotated[
+        str | None,
+        typer.Option(
+            "--name",
+            envvar="EG_EDGE_NAME",
+            show_envvar=True,
+            metavar="NAME",
+            help="This edge's name in logs and /health (default: the host name).",
+        ),
+    ] = None,
+    offline_grace: OfflineGrace = "2m",
     log_level: LogLevel = "info",
 ) -> None:
     """Run an edge: tunnel ports and the agents' WebSocket endpoint; holds no database credentials."""
@@ -518,8 +571,9 @@ def edge(
         usage(
             f"listening on {host} (not loopback) needs TLS for the agents' WebSocket: pass --tls-cert and --tls-key"
         )
-    if not control_url.startswith(("http://", "https://")):
-        usage("--control-url must start with http:// or https://")
+    urls = control_urls(control_url)
+    grace = offline_grace_seconds(offline_grace)
+    edge_name = name or socket.gethostname()
 
     async def run() -> None:
         stop = asyncio.Event()  # SIGTERM or Ctrl-C: close the edge, exit 0
@@ -532,11 +586,19 @@ def edge(
             ssl.create_default_context(cafile=str(ca_file)) if ca_file else True
         )
         sock = bind_socket(host, port, "--listen")
-        e = Edge(control_url, edge_token, tunnel_host=tunnel_host or host, verify=verify)
+        e = Edge(
+            urls,
+            edge_token,
+            tunnel_host=tunnel_host or host,
+            verify=verify,
+            offline_grace=grace,
+            name=edge_name,
+        )
         await e.start(host, port, ssl_context=ssl_ctx, sock=sock)
         out.print(
             f"✓ edge listening on {'wss' if ssl_ctx else 'ws'}://{host}:{sock.getsockname()[1]} "
-            f"(following {control_url})",
+            f"as {edge_name} (following {', '.join(urls)}; offline grace "
+            f"{'off' if grace == 0 else f'{grace:g} s'})",
             highlight=False,
         )
         try:

@@ -186,7 +186,9 @@ class ControlPlaneFollower:
                 raise Unready(f"{self.base} stopped answering its health check")
 
     async def run(self) -> None:
-        backoff = Backoff(0.5, 10.0, jitter=(0.5, 1.5))
+        # Capped at 4 s (6 s with jitter): an edge that failed closed opens again within
+        # seconds of a replica's return, and a few requests a second cost nobody.
+        backoff = Backoff(0.5, 4.0, jitter=(0.5, 1.5))
         need_snapshot = True
         misses = 0  # replicas failed in a row: after a whole round, back off
         while True:
@@ -196,13 +198,17 @@ class ControlPlaneFollower:
                     need_snapshot = False
                     if self.after_apply is not None:
                         await self.after_apply()
+                    self._mark_ok()
                     self._synced()
-                self._mark_ok()
-                misses = 0
+                    misses = 0
                 await self._send_outbox()
+                # Back from a failure: ask without waiting, so the answer (and with it the
+                # edge's confirmation that it holds the current state) comes at once
+                # instead of after a long-poll's silence.
+                wait = self.poll_wait if self.connected else 0
                 r = await self._guarded(
                     self._client.get(
-                        "/changes", params={"since": self.state.revision, "wait": self.poll_wait}
+                        "/changes", params={"since": self.state.revision, "wait": wait}
                     )
                 )
                 if r.status_code == 410:
@@ -216,7 +222,10 @@ class ControlPlaneFollower:
                 need_snapshot = self._apply(r.json()["changes"])
                 if self.after_apply is not None:
                     await self.after_apply()
+                # Only an answer counts as contact: a replica merely accepting the
+                # connection must not hold the offline grace off.
                 self._mark_ok()
+                misses = 0
                 if not need_snapshot:
                     self._synced()
                 backoff.reset()
@@ -235,7 +244,9 @@ class ControlPlaneFollower:
                 if len(self._clients) > 1:
                     self._idx = (self._idx + 1) % len(self._clients)
                     self.failovers += 1
-                    log.info("trying the control plane at %s", self.base)
+                    # Once per outage, not once per round while every replica is down.
+                    level = logging.INFO if misses < len(self._clients) else logging.DEBUG
+                    log.log(level, "trying the control plane at %s", self.base)
                 if misses % len(self._clients) == 0:
                     await asyncio.sleep(backoff.next())
             except (ChangeError, ValueError, KeyError, TypeError) as exc:

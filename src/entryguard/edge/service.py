@@ -80,8 +80,10 @@ class Edge:
         ping_interval: float | None = None,
         ping_timeout: float | None = None,
         offline_grace: float = 120.0,
+        name: str = "edge",
     ) -> None:
         self.clock = clock
+        self.name = name
         # Fail closed after this long without the control plane: session and guest
         # grants stop admitting, static rules stay. 0 keeps everything (fail-static).
         self.offline_grace = offline_grace
@@ -295,6 +297,7 @@ class Edge:
         status = "fail-closed" if self.fail_closed else "degraded" if degraded else "ok"
         body = {
             "status": status,
+            "name": self.name,
             "fail_closed": self.fail_closed,
             "unbound_ports": [{"port": p, "error": e} for p, e in unbound],
             "version": __version__,

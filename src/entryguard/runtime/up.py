@@ -25,6 +25,7 @@ async def run_up(
     log_level: str,
     edge_host: str,
     edge_port: int,
+    offline_grace: float = 120.0,
 ) -> None:
     """Serve the control plane on ``host:port`` and, once it serves, the edge on
     ``edge_host:edge_port``; the banner is printed when both are up."""
@@ -38,6 +39,7 @@ async def run_up(
             port=edge_port,
             settings=settings,
             tls=tls,
+            offline_grace=offline_grace,
         )
 
     await run_control_plane(settings, host, port, tls=tls, log_level=log_level, beside=start_edge)
@@ -51,6 +53,7 @@ async def start_local_edge(
     port: int,
     settings: Settings,
     tls: tuple[str, str] | None,
+    offline_grace: float = 120.0,
 ) -> tuple[asyncio.Task[None], str]:
     """The edge inside `entryguard up`: its task (closes the edge when cancelled) and URL.
     A taken port raises :class:`~entryguard.net.listen.ListenError`."""
@@ -62,7 +65,9 @@ async def start_local_edge(
         ssl_ctx.load_cert_chain(tls[0], tls[1])
         ca = settings.data_dir / "tls" / "ca.pem"
         verify = ssl.create_default_context(cafile=str(ca)) if ca.exists() else False
-    edge = Edge(control_url, edge_token, tunnel_host=host, verify=verify)
+    edge = Edge(
+        control_url, edge_token, tunnel_host=host, verify=verify, offline_grace=offline_grace
+    )
     await edge.start(host, port, ssl_context=ssl_ctx, sock=sock)
     try:
         await edge.wait_synced(10)

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime
+from typing import Literal
 
 from fastapi import APIRouter, Query, Request
+from pydantic import BaseModel, Field
 
-from entryguard.control.api.deps import CtxDep, bearer, get_ctx
+from entryguard.control.api.deps import ClientIp, CtxDep, bearer, get_ctx
 from entryguard.control.api.models import ChangesOut
 from entryguard.control.services import edge_sync
 from entryguard.errors import Unauthorized
@@ -49,3 +52,33 @@ async def changes(
         if rows or left <= 0 or notifier.closing or await request.is_disconnected():
             return ChangesOut(revision=rev, changes=rows)
         await notifier.wait(left)
+
+
+class EdgeEventIn(BaseModel):
+    """Something an edge lived through that belongs in the audit trail."""
+
+    type: Literal["fail_closed"]
+    since: float = Field(ge=0, le=1e11, description="Unix time it began (the edge's clock)")
+    until: float = Field(ge=0, le=1e11, description="Unix time it ended")
+    name: str | None = Field(default=None, max_length=64, description="The edge's --name")
+
+
+class EdgeEventOut(BaseModel):
+    recorded: bool
+
+
+@router.post("/events", status_code=201)
+async def event(body: EdgeEventIn, request: Request, c: CtxDep, ip: ClientIp) -> EdgeEventOut:
+    """An edge reports an episode, e.g. the time it failed closed without a control plane
+    (``--offline-grace``); the control plane audits it as ``edge.fail_closed``."""
+    token_id = await _check(request)
+    async with c.db.write() as s:
+        await edge_sync.record_fail_closed(
+            s,
+            token_id,
+            datetime.fromtimestamp(body.since, UTC),
+            datetime.fromtimestamp(max(body.until, body.since), UTC),
+            body.name,
+            ip,
+        )
+    return EdgeEventOut(recorded=True)

@@ -7,7 +7,7 @@ import contextlib
 import json
 import logging
 import time
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import delete, func, select
@@ -19,7 +19,7 @@ from entryguard.control.db.database import Database
 from entryguard.control.db.models import ApiKey, Change, EdgeToken, Grant, Resource
 from entryguard.control.services.apikeys import agent_data
 from entryguard.control.services.grants import grant_data
-from entryguard.control.services.journal import iso
+from entryguard.control.services.journal import audit, iso
 from entryguard.control.services.resources import tunnel_data
 from entryguard.control.services.views import View
 from entryguard.errors import Gone, Unauthorized
@@ -220,3 +220,28 @@ async def prune_changes(db: Database, retention_seconds: int) -> int:
             )
         )
         return int(res.rowcount or 0)  # type: ignore[attr-defined]
+
+
+async def record_fail_closed(
+    s: AsyncSession,
+    token_id: int,
+    since: datetime,
+    until: datetime,
+    edge_name: str | None,
+    ip: str,
+) -> None:
+    """Audit an edge's fail-closed episode: it had no change stream for longer than its
+    offline grace and refused session and guest grants from ``since`` to ``until``."""
+    token = await s.get(EdgeToken, token_id)
+    await audit(
+        s,
+        f"edge {edge_name or (token.name if token else token_id)}",
+        "edge.fail_closed",
+        f"edge-token {token.name if token else token_id}",
+        details={
+            "since": iso(since),
+            "until": iso(until),
+            "seconds": round((until - since).total_seconds(), 1),
+        },
+        ip=ip,
+    )
