@@ -128,7 +128,6 @@ def test_early_bytes_arrive_before_the_dial_completes(stack: Stack) -> None:
         for _ in range(20):
             s = connect(port, "127.0.0.3")
             s.sendall(b"PING first bytes\r\n")  # sent the instant the socket connects
-            assert echo_roundtrip(s, b"") == b"" or True
             s.settimeout(5)
             assert s.recv(100) == b"PING first bytes\r\n"
             s.close()
