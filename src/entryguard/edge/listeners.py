@@ -101,7 +101,7 @@ class Admission(asyncio.Protocol):
             log.info("reset %s on %s: its agent is not connected", ip_text, tunnel.name)
             return None
         try:
-            stream_id = link.mux.open_stream(tunnel.id, f"{ip_text}:{port}", edge.clock.monotonic())
+            stream_id = link.open_stream(tunnel.id, f"{ip_text}:{port}")
         except MuxError as exc:
             edge.metrics.rejections_total += 1
             log.warning("reset %s on %s: %s", ip_text, tunnel.name, exc)

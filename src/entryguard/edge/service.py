@@ -418,7 +418,7 @@ class Edge:
             log.info("agent %s reconnected from %s: replacing its previous link", cred.name, peer)
             await old.ws.close(4000, "replaced by a new connection")
         mux = MuxConnection(role="edge")
-        link = MuxLink(ws, mux, f"agent {cred.name}")
+        link = MuxLink(ws, mux, f"agent {cred.name}", clock=self.clock)
         link.mux.send_control(hello(mux.initial_window, edge=__version__))
         link.kick()
         self.links[cred.key_id] = link

@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -32,6 +31,7 @@ from websockets.frames import Frame, Opcode
 from websockets.protocol import Side, State
 from websockets.streams import StreamReader
 
+from entryguard.clock import SYSTEM, Clock
 from entryguard.mux import (
     ConnectionTerminated,
     ControlReceived,
@@ -155,7 +155,11 @@ class MuxLink:
         name: str,
         on_open: Callable[[int, Any], None] | None = None,
         on_control: Callable[[dict[str, Any]], None] | None = None,
+        clock: Clock = SYSTEM,
     ) -> None:
+        self.clock = clock
+        # The mux's OPEN timeouts, armed with call_at for the next one due (no tick).
+        self._timer_handle: asyncio.TimerHandle | None = None
         self.ws = ws
         self.mux = mux
         self.name = name
@@ -174,6 +178,15 @@ class MuxLink:
         self._mask_keys = MaskKeys() if ws.protocol.side is Side.CLIENT else None
 
     # --- used by streams ------------------------------------------------------
+
+    def open_stream(self, tunnel_id: int, client: str) -> int:
+        """Open a stream towards the agent (edge side); arms its OPEN timeout."""
+        stream_id = self.mux.open_stream(tunnel_id, client, self.clock.monotonic())
+        if self._timer_handle is None:
+            # Every OPEN times out the same time after it is sent, so a new deadline is
+            # never earlier than one already armed: arm only when none is.
+            self._arm_timer()
+        return stream_id
 
     def kick(self) -> None:
         """Something was queued on the mux: write it now if the socket takes it."""
@@ -221,7 +234,6 @@ class MuxLink:
 
     async def run(self) -> None:
         writer = asyncio.create_task(self._writer(), name=f"{self.name}-writer")
-        timer = asyncio.create_task(self._timer(), name=f"{self.name}-timer")
         try:
             if isinstance(self.ws, FastDelivery):
                 self.ws.on_binary = self._on_message
@@ -243,10 +255,11 @@ class MuxLink:
             pass
         finally:
             writer.cancel()
-            timer.cancel()
-            for t in (writer, timer):
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await t
+            if self._timer_handle is not None:
+                self._timer_handle.cancel()
+                self._timer_handle = None
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await writer
             await self._tasks.close()
             self.closed.set()
             handlers = list(self.streams.values())
@@ -257,7 +270,7 @@ class MuxLink:
     def _on_message(self, message: bytes) -> None:
         if self.mux.closed:
             return
-        self._dispatch(self.mux.receive_message(message, time.monotonic()))
+        self._dispatch(self.mux.receive_message(message, self.clock.monotonic()))
         if self.mux.closed:
             # Flush the CONTROL error frame, then close cleanly.
             self.kick()
@@ -319,15 +332,19 @@ class MuxLink:
             self._blocked = False
             self.kick()
 
-    async def _timer(self) -> None:
-        while True:
-            deadline = self.mux.get_timer()
-            now = time.monotonic()
-            if deadline is None:
-                await asyncio.sleep(1.0)
-                continue
-            if deadline > now:
-                await asyncio.sleep(min(deadline - now, 1.0))
-                continue
-            self._dispatch(self.mux.handle_timer(time.monotonic()))
-            self.kick()
+    def _arm_timer(self) -> None:
+        due = self.mux.get_timer()
+        if due is None or self.mux.closed:
+            self._timer_handle = None
+            return
+        loop = asyncio.get_running_loop()
+        delay = max(0.0, due - self.clock.monotonic())
+        self._timer_handle = loop.call_at(loop.time() + delay, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer_handle = None
+        if self.mux.closed:
+            return
+        self._dispatch(self.mux.handle_timer(self.clock.monotonic()))
+        self.kick()
+        self._arm_timer()

@@ -139,7 +139,9 @@ def _handshake() -> tuple[ClientProtocol, ServerProtocol]:
 class LinkPair:
     """``edge`` and ``agent`` links over one in-memory WebSocket; ``pump`` delivers."""
 
-    def __init__(self, *, window: int = 64 * 1024, max_streams: int = 16384) -> None:
+    def __init__(
+        self, *, window: int = 64 * 1024, max_streams: int = 16384, open_timeout: float = 15.0
+    ) -> None:
         kw: dict[str, Any] = {"ping_interval": None, "ping_timeout": None, "close_timeout": 1}
         client, server = _handshake()
         self.agent_ws = AgentClientConnection(client, **kw)
@@ -151,7 +153,9 @@ class LinkPair:
         self.opened: list[StreamOpened] = []
         self.edge = MuxLink(
             self.edge_ws,
-            MuxConnection("edge", initial_window=window, max_streams=max_streams),
+            MuxConnection(
+                "edge", initial_window=window, max_streams=max_streams, open_timeout=open_timeout
+            ),
             "agent",
         )
         self.agent = MuxLink(
