@@ -75,6 +75,9 @@ def test_three_replicas_started_together_on_an_empty_database_all_come_up(
             pr.wait(20)
         for log in logs:
             log.close()
+    # The replica that created the admin said so, with the password to use, once.
+    printed = [Path(f"{tmp_path}/replica{i}.log").read_text() for i in range(3)]
+    assert sum("First start: an admin was created" in p for p in printed) == 1, printed
 
 
 def test_a_replica_refuses_a_schema_newer_than_its_code(pg_url: str) -> None:

@@ -32,8 +32,16 @@ def print_banner(
     else:
         c.print("  password  from EG_ADMIN_PASSWORD")
     c.print()
+    if not edge_url:
+        # `entryguard server`: a split deployment; its edges are set up separately.
+        c.print(
+            "Next: `entryguard edge-token create`, then `entryguard edge --control-url …` "
+            '(README.md, "Several replicas and edges").',
+            markup=False,
+        )
+        return
     c.print('Next steps, in another terminal (README.md, "Five minutes", explains each):')
-    for line in next_steps(first.email, api_url, edge_url or "ws://127.0.0.1:8081"):
+    for line in next_steps(first.email, api_url, edge_url):
         c.print(f"  {line}", markup=False)
     c.print()
 

@@ -170,8 +170,8 @@ async def run_control_plane(
         await asyncio.wait([serve, starting], return_when=asyncio.FIRST_COMPLETED)
         if starting.done() and not starting.cancelled() and not server.should_exit:
             edge_url = starting.result()  # raises the edge's bind error
-            if beside is not None:
-                print_banner(first, api_url, edge_url, settings)
+            # `server` too: a first start must show the generated admin password.
+            print_banner(first, api_url, edge_url, settings)
         await serve
     finally:
         if not serve.done():  # the edge failed to start
