@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 from fastapi import APIRouter, Path, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -49,7 +47,7 @@ async def next_command(
     assert p.api_key is not None
     db = c.db
     notifier: ChangeNotifier = request.app.state.notifier
-    deadline = time.monotonic() + wait
+    deadline = c.db.clock.monotonic() + wait
     while True:
         # Never claim for a caller that has gone: the command would be lost to it.
         if await request.is_disconnected():
@@ -57,7 +55,7 @@ async def next_command(
         cmd = await commands.claim_next(db, p.api_key.id)
         if cmd is not None:
             return NextCommandOut(command=commands.agent_command_view(cmd))
-        left = deadline - time.monotonic()
+        left = deadline - c.db.clock.monotonic()
         if left <= 0 or notifier.closing:  # the server is stopping: answer now
             return NextCommandOut(command=None)
         await notifier.wait(min(left, RECHECK_SECONDS))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from datetime import UTC, datetime
 from typing import Literal
 
@@ -43,12 +42,12 @@ async def changes(
     edge_id = await _check(request)
     notifier: edge_sync.ChangeNotifier = request.app.state.notifier
     notifier.edge_polled(edge_id, since)
-    deadline = time.monotonic() + wait
+    deadline = c.db.clock.monotonic() + wait
     while True:
         async with c.db.read() as s:
             rows = await edge_sync.changes_since(s, since, limit)
             rev = rows[-1].revision if rows else since
-        left = deadline - time.monotonic()
+        left = deadline - c.db.clock.monotonic()
         if rows or left <= 0 or notifier.closing or await request.is_disconnected():
             return ChangesOut(revision=rev, changes=rows)
         await notifier.wait(left)

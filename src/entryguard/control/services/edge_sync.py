@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import time
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -170,7 +169,7 @@ class ChangeNotifier:
                 )
 
     def edge_polled(self, edge_id: int, since: int) -> None:
-        self.edge_positions[edge_id] = (since, time.monotonic())
+        self.edge_positions[edge_id] = (since, self.db.clock.monotonic())
         self.notify()
 
     async def edges_caught_up(self, revision: int, timeout: float) -> bool:
@@ -182,7 +181,7 @@ class ChangeNotifier:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while True:
-            now = time.monotonic()
+            now = self.db.clock.monotonic()
             behind = [
                 e
                 for e, (rev, seen) in self.edge_positions.items()
