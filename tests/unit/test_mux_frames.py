@@ -106,7 +106,7 @@ def test_framing_faults_are_connection_scoped(message: bytes, needle: str) -> No
     with pytest.raises(ConnectionProtocolError, match=needle) as info:
         parse_frame(message)
     assert info.value.connection_scoped and info.value.stream_id is None
-    assert info.value.code is ResetCode.PROTOCOL
+    assert info.value.reset_code is ResetCode.PROTOCOL
 
 
 @pytest.mark.parametrize(
@@ -201,8 +201,8 @@ def test_error_hierarchy_says_whose_fault_and_what_to_send() -> None:
     assert all(isinstance(e, MuxError) for e in (local, stream, conn))
     assert isinstance(stream, RemoteProtocolError) and isinstance(conn, RemoteProtocolError)
     assert not isinstance(local, RemoteProtocolError)
-    assert local.code is ResetCode.REFUSED and LocalProtocolError("bug").code is ResetCode.INTERNAL
-    assert (stream.stream_id, stream.code, str(stream)) == (
+    assert local.reset_code is ResetCode.REFUSED and LocalProtocolError("bug").reset_code is ResetCode.INTERNAL
+    assert (stream.stream_id, stream.reset_code, str(stream)) == (
         9,
         ResetCode.PROTOCOL,
         "stream 9: window overflow",

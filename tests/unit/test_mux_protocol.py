@@ -494,7 +494,7 @@ def test_edge_limits_on_streams_and_unanswered_opens() -> None:
         edge.open_stream(1, "a:1", 0.0)
     with pytest.raises(LocalProtocolError, match="unanswered OPENs") as info:
         edge.open_stream(1, "a:1", 0.0)
-    assert info.value.code is ResetCode.REFUSED
+    assert info.value.reset_code is ResetCode.REFUSED
     edge = MuxConnection("edge", max_streams=2)
     edge.open_stream(1, "a:1", 0.0)
     edge.open_stream(1, "a:1", 0.0)

@@ -354,7 +354,7 @@ class MuxConnection:
             raise StreamProtocolError(sid, fault)
 
     def _stream_fault(self, exc: StreamProtocolError, on_reset: bool, events: list[Event]) -> None:
-        sid, code, message = exc.stream_id, exc.code, str(exc)
+        sid, code, message = exc.stream_id, exc.reset_code, str(exc)
         events.append(ProtocolError(sid, message, code))
         st = self._streams.get(sid)
         if st is not None:

@@ -2,11 +2,12 @@
 
 ::
 
-    MuxError                      every error of this package; .code, .stream_id
+    MuxError                      every error of this package (an EntryGuardError);
+                                  .reset_code, .stream_id
     ├── LocalProtocolError        this side misused the API (DATA after its own FIN, a
     │                             closed connection, a limit): raised by the send_* calls
     └── RemoteProtocolError       the peer broke the protocol
-        ├── StreamProtocolError   confined to one stream: that stream is reset with .code
+        ├── StreamProtocolError   confined to one stream: that stream is reset with .reset_code
         └── ConnectionProtocolError  the link cannot be trusted: close it cleanly
 
 :meth:`MuxConnection.receive_message` never raises for the peer's faults: it turns a
@@ -17,13 +18,14 @@ public so that ``frames.parse_frame`` and the decoders can be used on their own.
 
 from __future__ import annotations
 
+from entryguard.errors import EntryGuardError
 from entryguard.mux.codes import ResetCode
 
 
-class MuxError(Exception):
+class MuxError(EntryGuardError):
     """Root of every mux error.
 
-    ``code`` is the reset code that fits the failure (for a local error: what to reset
+    ``reset_code`` is the reset code that fits the failure (for a local error: what to reset
     the client connection with); ``stream_id`` is the stream concerned, None when the
     whole connection is.
     """
@@ -33,8 +35,9 @@ class MuxError(Exception):
     def __init__(
         self, message: str, *, code: ResetCode | None = None, stream_id: int | None = None
     ) -> None:
-        super().__init__(message)
-        self.code = self.default_code if code is None else code
+        self.reset_code = self.default_code if code is None else code
+        # The root's text code names the kind of failure (``mux_protocol``, ``mux_refused``…).
+        super().__init__(message, code=f"mux_{self.reset_code.name.lower()}")
         self.stream_id = stream_id
 
 
