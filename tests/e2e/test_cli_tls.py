@@ -75,7 +75,7 @@ def test_https_with_a_self_signed_ca(tls_plane: tuple[ControlPlane, Path], tmp_p
         "--password-stdin",
         stdin=cp.admin_password,
     )
-    assert_one_line_error(r, 1, "missing.pem not found")
+    assert_one_line_error(r, 2, "missing.pem not found")  # a usage error
     login(eg, cp.url, cp.admin_email, cp.admin_password, "--ca-file", str(ca))
     stored = json.loads((eg.config_dir / "credentials.json").read_text())
     assert stored["ca_file"] == str(ca)
