@@ -462,7 +462,8 @@ class Edge:
         for h in (self._expiry_timer, self._expiry_rearm, self._grace_timer, self._bind_timer):
             if h is not None:
                 h.cancel()
-        tasks = list(self._tasks)
+        tasks = [*self._tasks, *self._starting]  # listener starts still in flight too
+        self._starting = []
         for t in tasks:
             t.cancel()
         for t in tasks:
