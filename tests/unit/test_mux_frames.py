@@ -201,7 +201,10 @@ def test_error_hierarchy_says_whose_fault_and_what_to_send() -> None:
     assert all(isinstance(e, MuxError) for e in (local, stream, conn))
     assert isinstance(stream, RemoteProtocolError) and isinstance(conn, RemoteProtocolError)
     assert not isinstance(local, RemoteProtocolError)
-    assert local.reset_code is ResetCode.REFUSED and LocalProtocolError("bug").reset_code is ResetCode.INTERNAL
+    assert (
+        local.reset_code is ResetCode.REFUSED
+        and LocalProtocolError("bug").reset_code is ResetCode.INTERNAL
+    )
     assert (stream.stream_id, stream.reset_code, str(stream)) == (
         9,
         ResetCode.PROTOCOL,

@@ -168,7 +168,9 @@ class AgentRemove:
         return cls(_int(d, "key_id"))
 
 
-Payload: TypeAlias = GrantAdd | GrantRemove | TunnelUpsert | TunnelRemove | AgentUpsert | AgentRemove
+Payload: TypeAlias = (
+    GrantAdd | GrantRemove | TunnelUpsert | TunnelRemove | AgentUpsert | AgentRemove
+)
 
 _PARSERS: dict[Op, Any] = {
     Op.GRANT_ADD: GrantAdd.parse,
