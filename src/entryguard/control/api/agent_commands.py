@@ -52,13 +52,14 @@ async def next_command(
         # Never claim for a caller that has gone: the command would be lost to it.
         if await request.is_disconnected():
             return NextCommandOut(command=None)
+        seen = notifier.changes  # before the claim: a command queued after it wakes us
         cmd = await commands.claim_next(db, p.api_key.id)
         if cmd is not None:
             return NextCommandOut(command=commands.agent_command_view(cmd))
         left = deadline - c.db.clock.monotonic()
         if left <= 0 or notifier.closing:  # the server is stopping: answer now
             return NextCommandOut(command=None)
-        await notifier.wait(min(left, RECHECK_SECONDS))
+        await notifier.wait_change(seen, min(left, RECHECK_SECONDS))
 
 
 @router.post("/agent/commands/{command_id}/result")

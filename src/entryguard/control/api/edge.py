@@ -44,13 +44,14 @@ async def changes(
     notifier.edge_polled(edge_id, since)
     deadline = c.db.clock.monotonic() + wait
     while True:
+        seen = notifier.changes  # before the query: a commit after it wakes the wait below
         async with c.db.read() as s:
             rows = await edge_sync.changes_since(s, since, limit)
             rev = rows[-1].revision if rows else since
         left = deadline - c.db.clock.monotonic()
         if rows or left <= 0 or notifier.closing or await request.is_disconnected():
             return ChangesOut(revision=rev, changes=rows)
-        await notifier.wait(left)
+        await notifier.wait_change(seen, left)
 
 
 class EdgeEventIn(BaseModel):

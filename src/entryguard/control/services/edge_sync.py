@@ -12,6 +12,7 @@ from typing import Any
 from sqlalchemy import delete, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from entryguard.backoff import Backoff
 from entryguard.control.auth.secrets import matches, split_prefix
 from entryguard.control.db.clocked import clock_of
 from entryguard.control.db.database import Database
@@ -131,7 +132,13 @@ def change_row(c: Change) -> ChangeRow:
 
 class ChangeNotifier:
     """Wakes long-polls when the change log grows: in-process callbacks, and on
-    PostgreSQL a LISTEN connection so commits on other replicas wake us too."""
+    PostgreSQL a LISTEN connection so commits on other replicas wake us too.
+
+    Two generations, two kinds of waiter: ``changes`` moves when the log grows (edges'
+    and agents' long-polls wait on it), ``positions`` when an edge reports how far it
+    has applied (an access change waiting for the edges). An edge's poll therefore
+    wakes only the callers waiting for edges, never the other edges' long-polls.
+    """
 
     def __init__(self, db: Database) -> None:
         self.db = db
@@ -139,8 +146,11 @@ class ChangeNotifier:
         # for changes since R has applied everything up to R.
         self.edge_positions: dict[int, tuple[int, float]] = {}
         self._cond = asyncio.Condition()
-        self._generation = 0
+        self.changes = 0  # generation of the change log, as this replica knows it
+        self.positions = 0
         self._listener: Any = None
+        self._listen_task: asyncio.Task[None] | None = None
+        self.listening = False
         # Set when the server begins to shut down: long-polls answer at once instead of
         # holding the graceful shutdown until they are cancelled.
         self.closing = False
@@ -151,26 +161,32 @@ class ChangeNotifier:
         self.notify()
 
     def notify(self) -> None:
-        self._generation += 1
+        """The change log may have grown (a commit here, a NOTIFY, a reconnect)."""
+        self.changes += 1
         asyncio.get_running_loop().create_task(self._wake())
 
     async def _wake(self) -> None:
         async with self._cond:
             self._cond.notify_all()
 
-    async def wait(self, timeout: float) -> None:
-        gen = self._generation
+    async def wait_change(self, seen: int, timeout: float) -> None:
+        """Return once ``changes`` differs from ``seen`` (read *before* the caller's
+        query, so a commit between that query and this wait is not lost), on shutdown,
+        or after ``timeout``; at most 2 s, as a safety net should a NOTIFY go missing."""
         async with self._cond:
             with contextlib.suppress(TimeoutError):
-                # Re-check every 2 s in case a NOTIFY was missed (listener reconnecting).
                 await asyncio.wait_for(
-                    self._cond.wait_for(lambda: self._generation != gen or self.closing),
+                    self._cond.wait_for(lambda: self.changes != seen or self.closing),
                     timeout=min(timeout, 2.0),
                 )
 
+    async def wait(self, timeout: float) -> None:
+        await self.wait_change(self.changes, timeout)
+
     def edge_polled(self, edge_id: int, since: int) -> None:
         self.edge_positions[edge_id] = (since, self.db.clock.monotonic())
-        self.notify()
+        self.positions += 1
+        asyncio.get_running_loop().create_task(self._wake())
 
     async def edges_caught_up(self, revision: int, timeout: float) -> bool:
         """Wait (bounded) until every edge polling this replica has applied ``revision``.
@@ -181,30 +197,75 @@ class ChangeNotifier:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while True:
+            seen = self.positions
             now = self.db.clock.monotonic()
             behind = [
                 e
-                for e, (rev, seen) in self.edge_positions.items()
-                if now - seen < 60 and rev < revision
+                for e, (rev, at) in self.edge_positions.items()
+                if now - at < 60 and rev < revision
             ]
             left = deadline - loop.time()
             if not behind or left <= 0 or self.closing:
                 return not behind
-            await self.wait(min(left, 0.05))
+            await self._wait_positions(seen, min(left, 0.25))
+
+    async def _wait_positions(self, seen: int, timeout: float) -> None:
+        async with self._cond:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    self._cond.wait_for(lambda: self.positions != seen or self.closing),
+                    timeout=timeout,
+                )
 
     async def start(self) -> None:
-        if not self.db.is_postgres:
-            return
+        if self.db.is_postgres:
+            self._listen_task = asyncio.get_running_loop().create_task(
+                self._listen(), name="change-listener"
+            )
+
+    async def _listen(self) -> None:
+        """LISTEN for other replicas' commits; re-established after any loss of the
+        connection, followed by a catch-up (every long-poll re-reads the log)."""
         import asyncpg
 
-        url = self.db.engine.url.set(drivername="postgresql")
-        try:
-            self._listener = await asyncpg.connect(url.render_as_string(hide_password=False))
-            await self._listener.add_listener("entryguard_changes", lambda *_: self.notify())
-        except (OSError, asyncpg.PostgresError) as exc:
-            log.warning("LISTEN for change notifications failed (%s); polling instead", exc)
+        url = self.db.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+        backoff = Backoff(0.5, 10.0)
+        failures = 0  # in a row; the first is logged, and the first after a success
+        while True:
+            lost = asyncio.Event()
+            try:
+                conn = await asyncpg.connect(url, timeout=5)
+                conn.add_termination_listener(lambda _c, lost=lost: lost.set())
+                await conn.add_listener("entryguard_changes", lambda *_: self.notify())
+            except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
+                if failures == 0:
+                    log.warning(
+                        "LISTEN for change notifications failed (%s); retrying, and "
+                        "re-reading the log every 2 s meanwhile",
+                        exc,
+                    )
+                self.listening = False
+                failures += 1
+                await asyncio.sleep(backoff.next())
+                continue
+            self._listener = conn
+            if failures:
+                log.info("LISTEN for change notifications re-established")
+            self.listening = True
+            backoff.reset()
+            failures = 0
+            self.notify()  # catch up on what was committed while not listening
+            await lost.wait()
+            self.listening = False
+            self._listener = None
+            log.warning("LISTEN connection lost; re-establishing it")
+            failures = 1  # so the re-establishment is logged
 
     async def stop(self) -> None:
+        if self._listen_task is not None:
+            self._listen_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._listen_task
         if self._listener is not None:
             with contextlib.suppress(Exception):
                 await self._listener.close()
