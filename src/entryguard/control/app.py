@@ -10,7 +10,8 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from sqlalchemy import text
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from entryguard import __version__
@@ -26,14 +27,14 @@ from entryguard.control.api import (
 )
 from entryguard.control.api.deps import Ctx
 from entryguard.control.body_limit import BodyLimit
-from entryguard.control.db.database import Database
+from entryguard.control.db.database import DATABASE_ERRORS, Database, unavailable_reason
 from entryguard.control.http_errors import error_body, error_status
 from entryguard.control.services.agents import run_offline_watch
 from entryguard.control.services.edge_sync import ChangeNotifier, prune_changes
 from entryguard.control.services.expiry import run_expiry
 from entryguard.control.settings import Settings
 from entryguard.control.web import mount_dashboard
-from entryguard.errors import EntryGuardError
+from entryguard.errors import EntryGuardError, Unavailable
 
 log = logging.getLogger("entryguard.control")
 API = "/api/v1"
@@ -44,6 +45,83 @@ async def _prune_loop(db: Database, retention: int) -> None:
         await asyncio.sleep(3600)
         with contextlib.suppress(Exception):
             await prune_changes(db, retention)
+
+
+class Readiness:
+    """``GET /health``'s answer: can this replica serve, i.e. does its database answer?
+
+    A probe runs ``SELECT 1`` through the pool within :attr:`PROBE_TIMEOUT`; one probe
+    at a time (concurrent health requests share it), and a good answer is reused for
+    :attr:`GOOD_FOR` so health stays cheap under load. A request that meets a database
+    outage (:meth:`failed`) also marks the replica not ready. Changes of state are
+    logged once each (ready → not ready, and back), not on every probe.
+    """
+
+    PROBE_TIMEOUT = 2.0
+    GOOD_FOR = 1.0
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self.reason: str | None = None
+        """Why the replica is not ready (None: ready, or not probed yet)."""
+        self._ready: bool | None = None
+        self._good_until = float("-inf")
+        self._probe: asyncio.Task[str | None] | None = None
+        self._query: asyncio.Task[None] | None = None
+
+    async def check(self) -> str | None:
+        """None when ready, else a short reason."""
+        if self._ready and self.db.clock.monotonic() < self._good_until:
+            return None
+        if self._probe is None or self._probe.done():
+            self._probe = asyncio.create_task(self._run(), name="readiness-probe")
+        return await asyncio.shield(self._probe)
+
+    async def _run(self) -> str | None:
+        # Not asyncio.wait_for: cancelling a query on a hung connection waits for its
+        # clean-up (up to the statement timeout). A query that does not answer in time
+        # is left to end by the database timeouts (and return its connection); until it
+        # has, the next probes wait on it rather than start another.
+        query = self._query
+        if query is None or query.done():
+            query = self._query = asyncio.create_task(self._select_one(), name="readiness-select-1")
+            query.add_done_callback(_consume)
+        done, _ = await asyncio.wait({query}, timeout=self.PROBE_TIMEOUT)
+        exc = None if not done else query.exception()
+        if not done:
+            reason: str | None = f"SELECT 1 did not answer within {self.PROBE_TIMEOUT:g} s"
+        elif exc is not None:
+            reason = unavailable_reason(exc) or f"{type(exc).__name__}: {exc}"[:200]
+        else:
+            self._set(None)
+            self._good_until = self.db.clock.monotonic() + self.GOOD_FOR
+            return None
+        self._set(reason)
+        return reason
+
+    async def _select_one(self) -> None:
+        async with self.db.engine.connect() as c:
+            await c.execute(text("SELECT 1"))
+
+    def failed(self, reason: str) -> None:
+        """A request met a database outage: not ready until a probe succeeds."""
+        self._good_until = float("-inf")
+        self._set(reason)
+
+    def _set(self, reason: str | None) -> None:
+        ready = reason is None
+        if ready != self._ready:
+            if ready and self._ready is not None:
+                log.info("ready: the database answers again")
+            elif not ready:
+                log.warning("not ready: the database cannot serve (%s)", reason)
+        self._ready, self.reason = ready, reason
+
+
+def _consume(task: asyncio.Task[Any]) -> None:
+    """Retrieve an abandoned task's outcome (no "exception was never retrieved")."""
+    if not task.cancelled():
+        task.exception()
 
 
 def create_app(
@@ -97,10 +175,34 @@ def create_app(
     )
     app.state.ctx = Ctx(settings=settings, db=database)
     app.state.notifier = notifier
+    readiness = app.state.readiness = Readiness(database)
 
     @app.exception_handler(EntryGuardError)
     async def _api_error(_: Request, exc: EntryGuardError) -> JSONResponse:
         return JSONResponse(error_body(exc.code, exc.message), status_code=error_status(exc))
+
+    async def _database_error(request: Request, exc: Exception) -> Response:
+        reason = unavailable_reason(exc)
+        if reason is None:
+            raise exc  # a bug, not an outage: the usual 500 and traceback
+        readiness.failed(reason)
+        err = Unavailable(
+            f"the database is unavailable ({reason}); try again shortly",
+            code="database_unavailable",
+        )
+        # Through the EntryGuardError handler in place (the dashboard renders a page,
+        # unless drawing it needs the database too).
+        handler = request.app.exception_handlers.get(EntryGuardError, _api_error)
+        try:
+            result = handler(request, err)
+            response = await result if asyncio.iscoroutine(result) else result
+        except DATABASE_ERRORS:
+            return await _api_error(request, err)
+        assert isinstance(response, Response)
+        return response
+
+    for cls in DATABASE_ERRORS:
+        app.add_exception_handler(cls, _database_error)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -124,8 +226,13 @@ def create_app(
         return JSONResponse(error_body(code, message), status_code=exc.status_code)
 
     @app.get(f"{API}/health", tags=["health"])
-    async def health() -> dict[str, Any]:
-        return {"status": "ok", "version": __version__}
+    async def health() -> JSONResponse:
+        """Readiness: 200 when the database answers ``SELECT 1`` within 2 s, else 503."""
+        reason = await readiness.check()
+        if reason is None:
+            return JSONResponse({"status": "ok", "version": __version__})
+        body: dict[str, Any] = {"status": "not ready", "version": __version__, "database": reason}
+        return JSONResponse(body, status_code=503)
 
     for r in (
         auth.router,

@@ -113,7 +113,9 @@ async def run_control_plane(
             server.request_stop(sig)
 
     aio.on_stop_signals(on_signal)
-    db = Database(settings.database_url, clock=SystemClock())  # the process's one clock
+    db = Database(  # the process's one clock
+        settings.database_url, clock=SystemClock(), timeouts=settings.db_timeouts
+    )
     try:
         first = await migrate_and_bootstrap(db, settings.database_url)
     except BaseException:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from entryguard.control.db.database import DbTimeouts
 from entryguard.net import IPNetwork
 
 
@@ -52,3 +53,5 @@ class Settings:
     """Change-log rows older than this are pruned; an edge further behind refetches the snapshot."""
     secure_cookies: bool = False
     """Set the Secure flag on dashboard cookies (on when serving TLS)."""
+    db_timeouts: DbTimeouts = field(default_factory=DbTimeouts)
+    """Connect, statement and pool-wait timeouts of PostgreSQL (3 s, 10 s, 5 s)."""

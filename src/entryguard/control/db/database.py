@@ -19,6 +19,14 @@ from typing import Any
 
 from sqlalchemy import event, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import (
+    DBAPIError,
+    DisconnectionError,
+    InterfaceError,
+    OperationalError,
+    SQLAlchemyError,
+)
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -72,17 +80,113 @@ def sqlite_url_for(data_dir: Path) -> str:
     return f"sqlite:///{(data_dir / 'entryguard.db').resolve()}"
 
 
+@dataclass(frozen=True)
+class DbTimeouts:
+    """How long a PostgreSQL request may wait before it fails (seconds).
+
+    A database that is unreachable or hung then costs a request at most these, and
+    it answers 503 ``database_unavailable`` instead of hanging (SQLite ignores them).
+    """
+
+    connect: float = 3.0
+    """Opening a new connection (asyncpg ``timeout``: TCP, TLS and startup)."""
+    statement: float = 10.0
+    """One statement: client-side (asyncpg ``command_timeout``) and server-side
+    (``statement_timeout``, which also bounds lock waits)."""
+    pool: float = 5.0
+    """Waiting for a pooled connection when all are busy (SQLAlchemy ``pool_timeout``)."""
+
+
+DATABASE_ERRORS: tuple[type[Exception], ...] = (
+    SQLAlchemyError,
+    OSError,
+    TimeoutError,
+)
+"""What a database that cannot serve raises: SQLAlchemy's errors (it wraps the
+driver's), and the socket errors and timeouts asyncpg may raise unwrapped."""
+
+
+def unavailable_reason(exc: BaseException) -> str | None:
+    """A short reason when ``exc`` says the database cannot serve (unreachable, hung,
+    pool exhausted, statement timed out), else None (a bug, a constraint violation)."""
+    if isinstance(exc, PoolTimeout):
+        return "no free database connection (pool timeout)"
+    if isinstance(exc, DBAPIError):
+        orig = exc.orig
+        cause = getattr(orig, "__cause__", None) or orig
+        sqlstate = getattr(cause, "sqlstate", None) or getattr(orig, "sqlstate", None)
+        if (
+            exc.connection_invalidated
+            or isinstance(exc, (OperationalError, InterfaceError))
+            or isinstance(cause, (OSError, TimeoutError))
+            or (isinstance(sqlstate, str) and sqlstate[:2] in _UNAVAILABLE_SQLSTATE_CLASSES)
+            or sqlstate == "57014"  # query_canceled: statement_timeout
+        ):
+            return _short(cause if isinstance(cause, BaseException) else exc)
+        return None
+    if isinstance(exc, DisconnectionError):
+        return _short(exc)
+    if isinstance(exc, (OSError, TimeoutError)) or type(exc).__module__.startswith("asyncpg"):
+        # Raised unwrapped by the driver (asyncpg's connect and timeouts); the same
+        # errors raised elsewhere (a socket of our own) are not the database's.
+        return _short(exc) if _raised_by_driver(exc) else None
+    return None
+
+
+def _raised_by_driver(exc: BaseException) -> bool:
+    tb = exc.__traceback__
+    while tb is not None:
+        module = tb.tb_frame.f_globals.get("__name__", "")
+        if module.startswith(("sqlalchemy.", "asyncpg")):
+            return True
+        tb = tb.tb_next
+    return False
+
+
+_UNAVAILABLE_SQLSTATE_CLASSES = ("08", "53", "57")
+"""connection exception, insufficient resources, operator intervention (shutdown)."""
+
+
+def _short(exc: BaseException) -> str:
+    if isinstance(exc, TimeoutError):
+        return "no answer in time"
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    name = type(exc).__name__
+    if isinstance(exc, SQLAlchemyError):
+        text = text.split(" (Background on this error")[0]
+    return f"{name}: {text}"[:200] if text else name
+
+
 class Database:
-    def __init__(self, url: str, *, echo: bool = False, clock: Clock = SYSTEM) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        echo: bool = False,
+        clock: Clock = SYSTEM,
+        timeouts: DbTimeouts | None = None,
+    ) -> None:
         self.url = async_url(url)
         self.clock = clock
         """The time every service reads, through the sessions (:func:`clock_of`)."""
         self.dialect = make_url(self.url).get_backend_name()
+        self.timeouts = timeouts or DbTimeouts()
         kwargs: dict[str, Any] = {"echo": echo}
         if self.dialect == "sqlite":
             kwargs["connect_args"] = {"timeout": 30}
         else:
-            kwargs.update(pool_size=10, max_overflow=20, pool_pre_ping=True)
+            t = self.timeouts
+            kwargs.update(
+                pool_size=10,
+                max_overflow=20,
+                pool_pre_ping=True,
+                pool_timeout=t.pool,
+                connect_args={
+                    "timeout": t.connect,
+                    "command_timeout": t.statement,
+                    "server_settings": {"statement_timeout": str(int(t.statement * 1000))},
+                },
+            )
         self.engine: AsyncEngine = create_async_engine(self.url, **kwargs)
         if self.dialect == "sqlite":
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
