@@ -4,6 +4,7 @@ edge alone (`edge`), migrations (`db upgrade`) and edge tokens (`edge-token crea
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import ipaddress
 import json
 import logging
@@ -11,7 +12,7 @@ import os
 import socket
 import sys
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -278,6 +279,90 @@ def edge_token_create(
     if sys.stdout.isatty():
         out.print("Edge token (shown once, keep it secret):")
     print(token)
+
+
+def _token_db_url(data_dir: Path, database_url: str | None) -> str:
+    if database_url is not None:
+        check_database_url(database_url)
+        return database_url
+    if not (data_dir / "entryguard.db").exists():
+        fail(
+            f"no database in {data_dir}: run `entryguard up` or `entryguard db upgrade` first, "
+            "or pass --database-url"
+        )
+    return sqlite_url_for(data_dir)
+
+
+@token_app.command("list", short_help="List edge tokens (never the secrets).")
+def edge_token_list(
+    data_dir: DataDir = Path(".entryguard"),
+    database_url: DbUrl = None,
+    json_output: JsonOpt = False,
+) -> None:
+    """List edge tokens: name, prefix, created, revoked."""
+    from entryguard.control.services.apikeys import list_edge_tokens
+
+    url = _token_db_url(data_dir, database_url)
+
+    async def run() -> list[Any]:
+        db = Database(url)
+        try:
+            async with db.read() as s:
+                return list(await list_edge_tokens(s))
+        finally:
+            await db.dispose()
+
+    try:
+        rows = asyncio.run(run())
+    except Exception as exc:
+        fail(f"could not list edge tokens: {db_error(exc)}")
+    if json_output:
+        print(json.dumps({"items": [dataclasses.asdict(r) for r in rows]}))
+        return
+    if not rows:
+        out.print("no edge tokens: create one with `entryguard edge-token create --name NAME`")
+        return
+    out.print(f"{'NAME':<20} {'PREFIX':<14} {'CREATED':<26} REVOKED")
+    for r in rows:
+        out.print(
+            f"{r.name:<20} {r.prefix:<14} {r.created_at or '':<26} {r.revoked_at or '-'}",
+            highlight=False,
+        )
+
+
+@token_app.command("revoke", short_help="Revoke edge tokens by name (or prefix).")
+def edge_token_revoke(
+    name: Annotated[str, typer.Argument(metavar="NAME", help="Token name, or its ege_… prefix.")],
+    data_dir: DataDir = Path(".entryguard"),
+    database_url: DbUrl = None,
+    json_output: JsonOpt = False,
+) -> None:
+    """Revoke every live edge token with this name: edges using one lose their change
+    stream within seconds, on every replica."""
+    from entryguard.control.services.apikeys import revoke_edge_tokens
+    from entryguard.errors import EntryGuardError
+
+    url = _token_db_url(data_dir, database_url)
+
+    async def run() -> list[Any]:
+        db = Database(url)
+        try:
+            async with db.write() as s:
+                return list(await revoke_edge_tokens(s, name))
+        finally:
+            await db.dispose()
+
+    try:
+        rows = asyncio.run(run())
+    except EntryGuardError as exc:
+        fail(f"{exc.message}: see `entryguard edge-token list`")
+    except Exception as exc:
+        fail(f"could not revoke: {db_error(exc)}")
+    if json_output:
+        print(json.dumps({"revoked": [dataclasses.asdict(r) for r in rows]}))
+        return
+    for r in rows:
+        out.print(f"✓ revoked edge token {r.name} ({r.prefix})", highlight=False)
 
 
 def _run_control(

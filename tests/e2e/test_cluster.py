@@ -9,6 +9,7 @@ when one is back, which audits the episode.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import time
@@ -42,6 +43,7 @@ class Cluster:
     edge_http: str
     edge_log: Path
     port: int  # the echo tunnel's port
+    db_url: str
 
     def health(self) -> tuple[int, dict]:
         r = httpx.get(f"{self.edge_http}/health", timeout=3)
@@ -145,7 +147,7 @@ def cl(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         with targets.serve(targets.Echo) as echo:
             port = st.tunnel("db", "127.0.0.1", echo)
             st.call("POST", "/admin/rules", json={"resource": "db", "cidr": "127.0.0.9/32"})
-            yield Cluster(r1, r2, st, edge_proc, edge_http, edge_log, port)
+            yield Cluster(r1, r2, st, edge_proc, edge_http, edge_log, port, url)
     finally:
         st.stop_agent()
         if edge_proc is not None and edge_proc.poll() is None:
@@ -231,3 +233,64 @@ def test_3_with_every_replica_down_the_edge_fails_closed_and_static_rules_stay(
         return bool(r.json()["items"])
 
     assert wait_until(audited, 10), "the fail-closed episode was not audited"
+
+
+def test_4_a_revoked_edge_token_ends_that_edges_stream_within_2_s(
+    cl: Cluster, tmp_path: Path
+) -> None:
+    eg = str(BIN / "entryguard")
+    made = subprocess.run(
+        [eg, "edge-token", "create", "--name", "e2", "--database-url", cl.db_url, "--json"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    token = json.loads(made.stdout)["token"]
+    port = free_port("127.0.0.2")
+    log = tmp_path / "e2.log"
+    edge2 = subprocess.Popen(
+        [
+            eg,
+            "edge",
+            "--control-url",
+            cl.r2.url,
+            "--edge-token",
+            token,
+            "--listen",
+            f"127.0.0.2:{port}",  # a second edge host: the same tunnel ports on 127.0.0.2
+            "--name",
+            "e2",
+        ],
+        stdout=open(log, "wb"),  # noqa: SIM115 - owned by the process
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        assert wait_until(lambda: _ok(f"http://127.0.0.2:{port}"), 20), log.read_text()
+        listed = subprocess.run(
+            [eg, "edge-token", "list", "--database-url", cl.db_url, "--json"],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        assert "e2" in [i["name"] for i in json.loads(listed.stdout)["items"]]
+        t0 = time.monotonic()
+        subprocess.run(
+            [eg, "edge-token", "revoke", "e2", "--database-url", cl.db_url],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+
+        def cut_off() -> bool:
+            r = httpx.get(f"http://127.0.0.2:{port}/health", timeout=2).json()
+            return r["control_plane"]["connected"] is False
+
+        assert wait_until(cut_off, 5), log.read_text()[-2000:]
+        assert time.monotonic() - t0 < 2.5, "the revoked token kept its stream too long"
+        assert "401" in log.read_text()
+        # The edge that follows with its own token is undisturbed.
+        assert cl.health()[0] == 200
+    finally:
+        edge2.terminate()
+        edge2.wait(10)

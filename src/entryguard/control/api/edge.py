@@ -43,8 +43,11 @@ async def changes(
     notifier: edge_sync.ChangeNotifier = request.app.state.notifier
     notifier.edge_polled(edge_id, since)
     deadline = c.db.clock.monotonic() + wait
+    woken = False
     while True:
         seen = notifier.changes  # before the query: a commit after it wakes the wait below
+        if woken:
+            await _check(request)  # a token revoked meanwhile ends this stream (401)
         async with c.db.read() as s:
             rows = await edge_sync.changes_since(s, since, limit)
             rev = rows[-1].revision if rows else since
@@ -52,6 +55,7 @@ async def changes(
         if rows or left <= 0 or notifier.closing or await request.is_disconnected():
             return ChangesOut(revision=rev, changes=rows)
         await notifier.wait_change(seen, left)
+        woken = True
 
 
 class EdgeEventIn(BaseModel):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import timedelta
 
 from sqlalchemy import select
@@ -9,6 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from entryguard.control.auth.secrets import new_secret
 from entryguard.control.db.clocked import clock_of
+from entryguard.control.db.database import tx_changes
 from entryguard.control.db.models import ApiKey, EdgeToken, User
 from entryguard.control.services.journal import audit, iso, log_change
 from entryguard.control.services.validation import check_name
@@ -99,3 +101,41 @@ async def create_edge_token(s: AsyncSession, name: str) -> str:
     await s.flush()
     await audit(s, "system", "edge_token.create", name, details={"prefix": sec.prefix})
     return sec.secret
+
+
+@dataclass(frozen=True)
+class EdgeTokenView:
+    name: str
+    prefix: str
+    created_at: str | None
+    revoked_at: str | None
+
+
+async def list_edge_tokens(s: AsyncSession) -> list[EdgeTokenView]:
+    rows = (await s.execute(select(EdgeToken).order_by(EdgeToken.name, EdgeToken.id))).scalars()
+    return [EdgeTokenView(t.name, t.prefix, iso(t.created_at), iso(t.revoked_at)) for t in rows]
+
+
+async def revoke_edge_tokens(s: AsyncSession, name_or_prefix: str) -> list[EdgeTokenView]:
+    """Revoke every live edge token with this name (or this prefix, ``ege_…``); returns
+    them. Long-polls wake on the commit and re-check their token, so an edge using one
+    loses its change stream within moments, on every replica."""
+    rows = list(
+        (
+            await s.execute(
+                select(EdgeToken).where(
+                    EdgeToken.revoked_at.is_(None),
+                    (EdgeToken.name == name_or_prefix) | (EdgeToken.prefix == name_or_prefix),
+                )
+            )
+        ).scalars()
+    )
+    if not rows:
+        raise NotFound(f"no live edge token named {name_or_prefix!r}", code="edge_token_not_found")
+    now = clock_of(s).now()
+    for row in rows:
+        row.revoked_at = now
+        await audit(s, "system", "edge_token.revoke", row.name, details={"prefix": row.prefix})
+    await s.flush()
+    tx_changes(s).wake = True  # NOTIFY: every replica's long-polls re-check their token
+    return [EdgeTokenView(r.name, r.prefix, iso(r.created_at), iso(r.revoked_at)) for r in rows]
