@@ -5,8 +5,24 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from entryguard.control.db.database import DbTimeouts
 from entryguard.net import IPNetwork
+
+
+@dataclass(frozen=True)
+class DbTimeouts:
+    """How long a PostgreSQL request may wait before it fails (seconds).
+
+    A database that is unreachable or hung then costs a request at most these, and
+    it answers 503 ``database_unavailable`` instead of hanging (SQLite ignores them).
+    """
+
+    connect: float = 3.0
+    """Opening a new connection (asyncpg ``timeout``: TCP, TLS and startup)."""
+    statement: float = 10.0
+    """One statement: client-side (asyncpg ``command_timeout``) and server-side
+    (``statement_timeout``, which also bounds lock waits)."""
+    pool: float = 5.0
+    """Waiting for a pooled connection when all are busy (SQLAlchemy ``pool_timeout``)."""
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,7 @@ from sqlalchemy.ext.asyncio import (
 
 from entryguard.clock import SYSTEM, Clock
 from entryguard.control.db.clocked import ClockSession
+from entryguard.control.settings import DbTimeouts
 
 WRITE_LOCK_KEY = 0x45475752  # "EGWR"
 _CHANGES = "entryguard.changes"
@@ -78,23 +79,6 @@ def async_url(url: str) -> str:
 
 def sqlite_url_for(data_dir: Path) -> str:
     return f"sqlite:///{(data_dir / 'entryguard.db').resolve()}"
-
-
-@dataclass(frozen=True)
-class DbTimeouts:
-    """How long a PostgreSQL request may wait before it fails (seconds).
-
-    A database that is unreachable or hung then costs a request at most these, and
-    it answers 503 ``database_unavailable`` instead of hanging (SQLite ignores them).
-    """
-
-    connect: float = 3.0
-    """Opening a new connection (asyncpg ``timeout``: TCP, TLS and startup)."""
-    statement: float = 10.0
-    """One statement: client-side (asyncpg ``command_timeout``) and server-side
-    (``statement_timeout``, which also bounds lock waits)."""
-    pool: float = 5.0
-    """Waiting for a pooled connection when all are busy (SQLAlchemy ``pool_timeout``)."""
 
 
 DATABASE_ERRORS: tuple[type[Exception], ...] = (
