@@ -450,3 +450,60 @@ async def test_agents_list_shows_targets_and_resources(api: Api) -> None:
     assert items[0]["targets"] == ["10.0.1.50:5432"]
     assert items[0]["resources"] == ["production-db"]
     assert items[0]["connected"] is False and items[0]["last_heartbeat"] is None
+
+
+async def test_a_session_moved_to_a_new_ip_through_a_trusted_proxy(api: Api) -> None:
+    """The client's public IP changes behind the trusted proxy (127.0.0.9): the old IP's
+    grants go with a revoke, the new IP's come with an apply, in one batch; the same IP
+    again moves the grants (same ids, later expiry) and queues nothing."""
+    await setup_tunnel(api)
+    await api.agent_key("fw-agent")
+    await api.ok(
+        "POST",
+        "/admin/resources",
+        json={"name": "fw", "type": "script", "agent": "fw-agent", "script_dir": "/srv/fw"},
+    )
+    await api.ok("POST", "/admin/roles/developers/resources", json={"resource": "fw"})
+    tok = await api.make_user("dev@example.com")
+    await api.ok("POST", "/admin/roles/developers/users", json={"email": "dev@example.com"})
+
+    async def start(ip: str, duration: str) -> dict:
+        out: dict = await api.ok(
+            "POST",
+            "/sessions",
+            tok,
+            json={"duration": duration},
+            source="127.0.0.9",
+            headers={"X-Forwarded-For": ip},
+        )
+        return out
+
+    async def state() -> tuple[list[tuple[int, str]], list[tuple[str, str]], list[int]]:
+        async with api.db.read() as s:
+            grants = [(g.id, g.cidr) for g in (await s.execute(select(Grant))).scalars()]
+            cmds = [
+                (c.action, c.cidr)
+                for c in (await s.execute(select(AgentCommand).order_by(AgentCommand.id))).scalars()
+            ]
+            batches = [
+                c.batch or c.revision
+                for c in (await s.execute(select(Change).order_by(Change.revision))).scalars()
+            ]
+        return sorted(grants), cmds, batches
+
+    await start("203.0.113.8", "1h")
+    g1, c1, _ = await state()
+    assert {c for _, c in g1} == {"203.0.113.8/32"} and c1 == [("apply", "203.0.113.8/32")]
+
+    second = await start("203.0.113.8", "2h")  # an extension: same IP
+    g2, c2, b2 = await state()
+    assert g2 == g1, "an extension must keep the grants (same ids), not re-create them"
+    assert c2 == c1, "an extension must queue no revoke/apply"
+    assert second["session"]["ip"] == "203.0.113.8"
+
+    await start("203.0.113.9", "2h")  # a new public IP
+    g3, c3, b3 = await state()
+    assert {c for _, c in g3} == {"203.0.113.9/32"}
+    assert c3[len(c2) :] == [("revoke", "203.0.113.8/32"), ("apply", "203.0.113.9/32")]
+    new_rows = b3[len(b2) :]
+    assert len(new_rows) == 4 and len(set(new_rows)) == 1, "one transaction, one batch"
