@@ -1,4 +1,4 @@
-"""Admin: live sessions (revoke) and agents."""
+"""Admin: live sessions (revoke), agents and edges."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from fastapi.responses import Response
 from entryguard.control.api.deps import CtxDep, edges_apply
 from entryguard.control.auth.principal import Principal
 from entryguard.control.services import agents, sessions
+from entryguard.control.services.edge_hub import list_edges
 from entryguard.control.web.auth import admin, checked_form
 from entryguard.control.web.render import Flash, redirect, render_page
 from entryguard.errors import EntryGuardError
@@ -61,4 +62,21 @@ async def list_agents(request: Request, c: CtxDep, p: Principal = Depends(admin)
         nav="agents",
         items=items,
         offline_after=int(c.settings.agent_offline_after),
+    )
+
+
+@router.get("/edges")
+async def edges(request: Request, c: CtxDep, p: Principal = Depends(admin)) -> Response:
+    head: int = request.app.state.tail.head
+    async with c.db.read() as s:
+        items = await list_edges(s, head, c.settings.stream_interval)
+    return render_page(
+        request,
+        "admin/edges.html",
+        p=p,
+        title="Edges",
+        nav="edges",
+        items=items,
+        head=head,
+        interval=f"{c.settings.stream_interval:g}",
     )
