@@ -288,7 +288,14 @@ def test_4_a_revoked_edge_token_ends_that_edges_stream_within_2_s(
 
         assert wait_until(cut_off, 5), log.read_text()[-2000:]
         assert time.monotonic() - t0 < 2.5, "the revoked token kept its stream too long"
-        assert "401" in log.read_text()
+        assert "the edge token was revoked" in log.read_text()
+
+        def refused_on_health() -> bool:
+            # It keeps trying, is refused at the door, and says why on /health.
+            r = httpx.get(f"http://127.0.0.2:{port}/health", timeout=2).json()
+            return any("invalid edge token" in p for p in r.get("problems", []))
+
+        assert wait_until(refused_on_health, 10), log.read_text()[-2000:]
         # The edge that follows with its own token is undisturbed.
         assert cl.health()[0] == 200
     finally:

@@ -55,8 +55,9 @@ ALLOWED: dict[str, frozenset[str]] = {
     "control.db": frozenset({"sync", "net"} | _CONTROL_CORE),
     "control.auth": frozenset({"control.db"} | _CONTROL_CORE),
     "control.services": frozenset({"control.db", "control.auth", "sync", "net"} | _CONTROL_CORE),
+    # the API speaks the edges' stream protocol (sync.stream), so it may import sync
     "control.api": frozenset(
-        {"control.services", "control.auth", "control.db", "net"} | _CONTROL_CORE | _HTTP
+        {"control.services", "control.auth", "control.db", "net", "sync"} | _CONTROL_CORE | _HTTP
     ),
     "control.web": frozenset(
         {"control.services", "control.auth", "control.db", "net"} | _CONTROL_CORE | _HTTP

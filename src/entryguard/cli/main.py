@@ -19,6 +19,7 @@ from entryguard.cli import commands_admin_access as access
 from entryguard.cli import commands_admin_directory as directory
 from entryguard.cli import commands_auth, commands_session, credentials
 from entryguard.cli.commands_admin_commands import commands_app
+from entryguard.cli.commands_admin_edges import edges_app
 from entryguard.cli.commands_audit import audit
 from entryguard.cli.errors import CliError
 from entryguard.cli.options import examples
@@ -67,6 +68,7 @@ admin_app.add_typer(access.guest_app, name="guest")
 admin_app.add_typer(access.session_app, name="session")
 admin_app.command(epilog=examples("eg admin agents"))(access.agents)
 admin_app.add_typer(commands_app, name="commands")
+admin_app.add_typer(edges_app, name="edges")
 admin_app.command(
     epilog=examples(
         "eg admin audit --since 1h", "eg admin audit --follow", "eg admin audit --verify"

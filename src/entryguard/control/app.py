@@ -30,6 +30,8 @@ from entryguard.control.body_limit import BodyLimit
 from entryguard.control.db.database import DATABASE_ERRORS, Database, unavailable_reason
 from entryguard.control.http_errors import error_body, error_status
 from entryguard.control.services.agents import run_offline_watch
+from entryguard.control.services.change_tail import ChangeTail
+from entryguard.control.services.edge_hub import EdgeHub
 from entryguard.control.services.edge_sync import ChangeNotifier, prune_changes
 from entryguard.control.services.expiry import run_expiry
 from entryguard.control.settings import Settings
@@ -134,12 +136,17 @@ def create_app(
     """The app on ``db`` (its clock), or on a Database of its own reading ``clock``."""
     database = db or Database(settings.database_url, clock=clock)
     notifier = ChangeNotifier(database)
+    tail = ChangeTail(database)
+    notifier.on_change.append(tail.poke)
+    hub = EdgeHub(database, notifier, interval=settings.stream_interval)
     expiry_wake = asyncio.Event()  # a commit may have added an earlier expiry
     database.on_commit_changes.append(expiry_wake.set)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await notifier.start()
+        await tail.start()
+        await hub.start()
         tasks = []
         if background:
             tasks = [
@@ -161,6 +168,8 @@ def create_app(
             for t in tasks:
                 with contextlib.suppress(asyncio.CancelledError):
                     await t
+            await hub.stop()
+            await tail.stop()
             await notifier.stop()
             if db is None:
                 await database.dispose()
@@ -175,6 +184,8 @@ def create_app(
     )
     app.state.ctx = Ctx(settings=settings, db=database)
     app.state.notifier = notifier
+    app.state.tail = tail
+    app.state.hub = hub
     readiness = app.state.readiness = Readiness(database)
 
     @app.exception_handler(EntryGuardError)

@@ -148,6 +148,7 @@ async def run_control_plane(
     async def stop_edge_and_polls() -> None:
         # Edges' and agents' long-polls answer now rather than at their timeout.
         app.state.notifier.close_polls()
+        app.state.hub.close_streams()
         for t in tasks:
             t.cancel()
         if tasks:

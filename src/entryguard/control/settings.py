@@ -62,6 +62,8 @@ class Settings:
     default_max_duration_seconds: int = 8 * 3600
     """Session cap when a role does not say otherwise."""
     expiry_interval: float = 0.2
+    # Heartbeat of the edges' change streams; an edge silent for three is dropped.
+    stream_interval: float = 1.0
     """How often the expiry job looks for due sessions and guest grants (seconds)."""
     agent_offline_after: float = 45.0
     """An agent that sent no heartbeat for this long (three missed beats) is offline."""

@@ -1,5 +1,6 @@
-"""Follows the control plane: snapshot, then the change log by long-poll (docs/sync.md),
-from one of several replicas, moving to the next when the one in use fails.
+"""Follows the control plane: snapshot, then the change log pushed over a WebSocket
+stream (or, from a replica too old to push, by long-poll; docs/sync.md), from one of
+several replicas, moving to the next when the one in use fails.
 
 While the control plane is unreachable the edge keeps what it has (fail-static) and
 reports itself degraded; grant expiry keeps being enforced on the edge's own clock.
@@ -10,15 +11,35 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+import uuid
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from typing import Any, Literal, TypeVar
+from urllib.parse import urlencode
 
 import httpx
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import InvalidStatus, WebSocketException
 
+from entryguard import __version__
 from entryguard.backoff import Backoff
 from entryguard.clock import SYSTEM, Clock
 from entryguard.edge.state import EdgeState
 from entryguard.sync.changes import ChangeError, ChangeRow
+from entryguard.sync.stream import (
+    MAX_MESSAGE,
+    SILENCE_INTERVALS,
+    Ack,
+    Changes,
+    Health,
+    Heartbeat,
+    Hello,
+    StreamError,
+    StreamFailure,
+    encode,
+    parse_server,
+)
+
+T = TypeVar("T")
 
 log = logging.getLogger("entryguard.edge.sync")
 
@@ -36,6 +57,38 @@ def batches(changes: list[ChangeRow]) -> list[list[ChangeRow]]:
 class Unready(Exception):
     """The control-plane replica in use stopped answering its health check, or says it
     is not ready: move to the next one."""
+
+
+class Refused(Exception):
+    """The replica ended the stream on purpose (token refused, name taken): move on,
+    with the reason on /health."""
+
+
+class _Resync(Exception):
+    """The replica no longer keeps the revision the edge is at: load the snapshot."""
+
+
+class NoStream(Exception):
+    """The replica predates the pushed stream: long-poll it instead."""
+
+
+def ws_url(base: str) -> str:
+    if base.startswith("https://"):
+        return "wss://" + base.removeprefix("https://")
+    return "ws://" + base.removeprefix("http://")
+
+
+def ws_ssl(verify: ssl.SSLContext | str | bool) -> ssl.SSLContext:
+    """The TLS context for a ``wss://`` stream, from httpx's ``verify`` forms."""
+    if isinstance(verify, ssl.SSLContext):
+        return verify
+    if isinstance(verify, str):
+        return ssl.create_default_context(cafile=verify)
+    ctx = ssl.create_default_context()
+    if not verify:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    return ctx
 
 
 def api_base(url: str) -> str:
@@ -66,8 +119,19 @@ class ControlPlaneFollower:
         transport: httpx.AsyncBaseTransport | None = None,
         probe_interval: float = 1.0,
         probe_failures: int = 2,
+        delivery: Literal["stream", "poll"] = "stream",
+        name: str = "edge",
     ) -> None:
         self.clock = clock
+        self.delivery = delivery
+        self.name = name
+        self.instance = uuid.uuid4().hex  # this process: a second one under our name is refused
+        self.edge_token = edge_token
+        self.verify = verify
+        # What this edge reports with each acknowledgement (Edge sets it).
+        self.health: Callable[[], Health] = lambda: "degraded" if self.problems else "ok"
+        self._polling: set[int] = set()  # replicas (by index) that have no stream endpoint
+        self._refusals: set[str] = set()  # problems a good stream clears
         urls = [control_urls] if isinstance(control_urls, str) else list(control_urls)
         if not urls:
             raise ValueError("at least one control-plane URL is needed")
@@ -146,7 +210,7 @@ class ControlPlaneFollower:
                 msg = r.text[:200]
             raise httpx.HTTPStatusError(f"{r.status_code}: {msg}", request=r.request, response=r)
 
-    async def _guarded(self, request: Awaitable[httpx.Response]) -> httpx.Response:
+    async def _guarded(self, request: Awaitable[T]) -> T:
         """``request``, abandoned when the replica stops passing its health probe."""
         task = asyncio.ensure_future(request)
         probe = asyncio.ensure_future(self._probe())
@@ -202,6 +266,21 @@ class ControlPlaneFollower:
                     self._synced()
                     misses = 0
                 await self._send_outbox()
+                if self.delivery == "stream" and self._idx not in self._polling:
+                    try:
+                        need_snapshot = await self._guarded(self._stream())
+                    except NoStream:
+                        log.warning(
+                            "%s has no change stream (an older version): long-polling it",
+                            self.base,
+                        )
+                        self._polling.add(self._idx)
+                        continue
+                    if not need_snapshot:
+                        # The stream ended without a fault of the edge's (the replica is
+                        # stopping): take the next replica at once.
+                        raise Unready(f"{self.base} ended the change stream")
+                    continue
                 # Back from a failure: ask without waiting, so the answer (and with it the
                 # edge's confirmation that it holds the current state) comes at once
                 # instead of after a long-poll's silence.
@@ -231,7 +310,17 @@ class ControlPlaneFollower:
                 backoff.reset()
             except asyncio.CancelledError:
                 raise
-            except (httpx.HTTPError, OSError, Unready) as exc:
+            except (
+                httpx.HTTPError,
+                OSError,
+                Unready,
+                Refused,
+                WebSocketException,
+                TimeoutError,
+            ) as exc:
+                if self.connected:  # the replica in use served, then failed: a new outage
+                    misses = 0
+                    backoff.reset()
                 if self.connected or self.last_error != str(exc):
                     log.warning(
                         "control plane at %s unreachable (%s); keeping the last known state",
@@ -282,6 +371,89 @@ class ControlPlaneFollower:
         for batch in batches(parsed):
             self.state.apply_batch(batch)
         return bad_batch is not None
+
+    async def _stream(self) -> bool:
+        """Follow the pushed stream until it ends; True when a snapshot is needed.
+
+        Raises on a dead, silent or refusing replica (the caller moves on), and
+        :class:`NoStream` when the replica has no stream endpoint.
+        """
+        query = urlencode(
+            {
+                "since": self.state.revision,
+                "name": self.name,
+                "instance": self.instance,
+                "version": __version__,
+            }
+        )
+        url = f"{ws_url(self.base)}/edge/stream?{query}"
+        try:
+            ws = await connect(
+                url,
+                additional_headers={"Authorization": f"Bearer {self.edge_token}"},
+                ssl=ws_ssl(self.verify) if url.startswith("wss://") else None,
+                open_timeout=10,
+                max_size=MAX_MESSAGE,
+                ping_interval=None,  # heartbeats are the protocol's own
+                close_timeout=1,
+            )
+        except InvalidStatus as exc:
+            if exc.response.status_code in (403, 404):
+                raise NoStream from exc
+            raise
+        try:
+            async with ws:
+                return await self._follow(ws)
+        except _Resync:
+            return True
+
+    async def _follow(self, ws: ClientConnection) -> bool:
+        hello = await self._receive(ws, 10.0)
+        if not isinstance(hello, Hello):
+            raise StreamError(f"expected hello, got {type(hello).__name__}")
+        silence = SILENCE_INTERVALS * hello.interval
+        self.problems = [p for p in self.problems if p not in self._refusals]
+        self._refusals.clear()
+        self._mark_ok()
+        while True:
+            msg = await self._receive(ws, silence)
+            if isinstance(msg, Changes):
+                need_snapshot = self._apply(msg.changes)
+                if self.after_apply is not None:
+                    await self.after_apply()
+                if need_snapshot:
+                    return True
+            elif not isinstance(msg, Heartbeat):
+                raise StreamError(f"unexpected {type(msg).__name__}")
+            self._mark_ok()
+            self._synced()
+            await ws.send(encode(Ack(revision=self.state.revision, health=self.health())))
+            if self.outbox:
+                await self._send_outbox()
+
+    async def _receive(self, ws: ClientConnection, timeout: float) -> Hello | Changes | Heartbeat:
+        try:
+            raw = await asyncio.wait_for(ws.recv(), timeout)
+        except TimeoutError:
+            raise Unready(f"{self.base} sent nothing for {timeout:g} s") from None
+        msg = parse_server(raw)
+        if isinstance(msg, StreamFailure):
+            if msg.code == "revision_gone":
+                log.warning(
+                    "revision %d is gone on the control plane: refetching the snapshot",
+                    self.state.revision,
+                )
+                raise _Resync
+            if msg.code in ("invalid_edge_token", "edge_name_taken"):
+                self._report_refusal(msg.message)
+            raise Refused(f"{self.base} ended the stream: {msg.message}")
+        return msg
+
+    def _report_refusal(self, message: str) -> None:
+        log.error("%s", message)
+        if message not in self.problems:
+            self.problems = [*self.problems[-9:], message]
+            self._refusals.add(message)
 
     def _synced(self) -> None:
         self.last_contact = self.clock.time()

@@ -32,6 +32,7 @@ from entryguard.mux import MuxConnection, ResetCode, hello
 from entryguard.net.allowlist import ip_of
 from entryguard.relay.link import EdgeServerConnection, MuxLink
 from entryguard.relay.wsoptions import PING_INTERVAL, PING_TIMEOUT, link_options
+from entryguard.sync.stream import Health
 
 log = logging.getLogger("entryguard.edge")
 
@@ -96,8 +97,15 @@ class Edge:
         self.state = EdgeState()
         self.metrics = EdgeMetrics()
         self.follower = ControlPlaneFollower(
-            self.state, control_url, edge_token, verify=verify, poll_wait=poll_wait, clock=clock
+            self.state,
+            control_url,
+            edge_token,
+            verify=verify,
+            poll_wait=poll_wait,
+            clock=clock,
+            name=name or "edge",
         )
+        self.follower.health = self._stream_health
         self.tunnel_host = tunnel_host
         self.listeners: dict[int, TunnelListener] = {}
         self.links: dict[int, MuxLink] = {}  # agent key id -> link
@@ -286,6 +294,15 @@ class Edge:
             log.error("edge task %s failed: %r", task.get_name(), task.exception())
 
     # --- HTTP: /health, /metrics, and the agent endpoint's checks ----------------------
+
+    def _stream_health(self) -> Health:
+        """What the edge reports with each acknowledgement (shown by `eg admin edges`):
+        the sync problems, fail-closed and unbound ports, as on /health."""
+        if self.fail_closed:
+            return "fail-closed"
+        if self.follower.problems or any(not lst.bound for lst in self.listeners.values()):
+            return "degraded"
+        return "ok"
 
     def health(self) -> tuple[int, dict[str, Any]]:
         unbound = sorted(

@@ -119,6 +119,7 @@ async def following(
         poll_wait=poll_wait,
         transport=httpx.MockTransport(cp.handle),
         probe_interval=0.2,
+        delivery="poll",  # the long-poll path; the pushed stream is tested end to end
     )
     fd = Followed(f)
     task = asyncio.create_task(f.run())

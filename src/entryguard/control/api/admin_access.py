@@ -1,4 +1,4 @@
-"""Admin: resources, static rules, guest access, sessions, agents, audit."""
+"""Admin: resources, static rules, guest access, sessions, agents, edges, audit."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from entryguard.control.api.schemas import GuestCreateIn, ResourceCreateIn, Rule
 from entryguard.control.db.models import AuditEvent
 from entryguard.control.services import access_rules, resources, sessions
 from entryguard.control.services.agents import AgentView, list_agents
+from entryguard.control.services.edge_hub import EdgeView, list_edges
 from entryguard.control.services.journal import verify_chain
 from entryguard.control.services.views import (
     AdminResourceView,
@@ -151,6 +152,15 @@ async def revoke_session(
     return SessionRevokeOut(
         session=session_view(out.session, out.user.email, c.db.clock.now()), revoked=out.revoked
     )
+
+
+@router.get("/edges")
+async def edges(request: Request, c: CtxDep, p: Admin) -> Items[EdgeView]:
+    """Every edge that has streamed the change log: applied revision, lag, health, and
+    whether it is live (heard from within three stream intervals)."""
+    head = request.app.state.tail.head
+    async with c.db.read() as s:
+        return Items(items=await list_edges(s, head, c.settings.stream_interval))
 
 
 @router.get("/agents")

@@ -6,6 +6,7 @@ only hold the request call :func:`get_ctx` directly.
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import logging
 from dataclasses import dataclass
@@ -41,8 +42,12 @@ ctx = get_ctx  # the name web/auth.py and web/render.py still import
 
 
 def bearer(request: Request) -> str | None:
-    h = request.headers.get("authorization", "")
-    scheme, _, value = h.partition(" ")
+    return bearer_value(request.headers.get("authorization"))
+
+
+def bearer_value(header: str | None) -> str | None:
+    """The token of an ``Authorization: Bearer …`` header (HTTP or WebSocket)."""
+    scheme, _, value = (header or "").partition(" ")
     if scheme.lower() == "bearer" and value.strip():
         return value.strip()
     return None
@@ -124,7 +129,14 @@ def client_ip(request: Request) -> str:
 async def edges_apply(request: Request, revision: int | None, timeout: float = 1.0) -> None:
     """After an access change commits, give the edges a moment to apply it."""
     if revision is not None:
-        await request.app.state.notifier.edges_caught_up(revision, timeout)
+        state = request.app.state
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        # Edges on the pushed stream (every replica's), then any on the older long-poll.
+        await state.hub.caught_up(revision, timeout)
+        left = timeout - (loop.time() - start)
+        if left > 0:
+            await state.notifier.edges_caught_up(revision, left)
 
 
 CtxDep = Annotated[Ctx, Depends(get_ctx)]

@@ -5,10 +5,11 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Literal
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Query, Request, WebSocket
 from pydantic import BaseModel, Field
 
-from entryguard.control.api.deps import ClientIp, CtxDep, bearer, get_ctx
+from entryguard.control.api import edge_stream
+from entryguard.control.api.deps import ClientIp, Ctx, CtxDep, bearer, get_ctx
 from entryguard.control.api.models import ChangesOut
 from entryguard.control.services import edge_sync
 from entryguard.errors import Unauthorized
@@ -86,3 +87,20 @@ async def event(body: EdgeEventIn, request: Request, c: CtxDep, ip: ClientIp) ->
             ip,
         )
     return EdgeEventOut(recorded=True)
+
+
+@router.websocket("/stream")
+async def stream(ws: WebSocket) -> None:
+    """The pushed change stream (docs/sync.md, "Delivery"): ``hello``, then whole
+    batches as they commit, heartbeats when idle; the edge acknowledges each."""
+    await edge_stream.serve(
+        ws,
+        db=get_ctx_ws(ws).db,
+        tail=ws.app.state.tail,
+        hub=ws.app.state.hub,
+    )
+
+
+def get_ctx_ws(ws: WebSocket) -> Ctx:
+    ctx: Ctx = ws.app.state.ctx
+    return ctx

@@ -287,3 +287,28 @@ class Change(Base):
     created_at: Mapped[datetime] = mapped_column(info=STAMP)
     # The revision of the first row its transaction wrote: edges apply a batch whole.
     batch: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+
+
+class Edge(Base):
+    """An edge that followed the change stream: the registry behind ``eg admin edges``.
+
+    One row per (edge token, name). The replica an edge streams from refreshes the row
+    (revision applied, health, last seen) at most once per stream interval, all of its
+    edges in one transaction, so the cost does not grow with the number of changes.
+    """
+
+    __tablename__ = "edges"
+    __table_args__ = (UniqueConstraint("token_id", "name"),)
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    token_id: Mapped[int] = mapped_column(ForeignKey("edge_tokens.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(64))
+    # A random id per edge process: a second process under the same name is refused.
+    instance: Mapped[str] = mapped_column(String(64), default="")
+    version: Mapped[str] = mapped_column(String(32), default="")
+    replica: Mapped[str] = mapped_column(String(128), default="")
+    address: Mapped[str | None] = mapped_column(String(64), default=None)
+    revision: Mapped[int] = mapped_column(BigInteger, default=0)
+    health: Mapped[str] = mapped_column(String(32), default="ok")
+    connected: Mapped[bool] = mapped_column(Boolean, default=False)
+    first_seen: Mapped[datetime] = mapped_column(info=STAMP)
+    last_seen: Mapped[datetime] = mapped_column(info=STAMP)

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import logging
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -154,6 +155,10 @@ class ChangeNotifier:
         # Set when the server begins to shut down: long-polls answer at once instead of
         # holding the graceful shutdown until they are cancelled.
         self.closing = False
+        # Called on every notify(): the change tail reads the log once for all edges.
+        self.on_change: list[Callable[[], None]] = []
+        # Further LISTEN channels (name -> callback with the payload), e.g. edge acks.
+        self.channels: dict[str, Callable[[str], None]] = {}
         db.on_commit_changes.append(self.notify)
 
     def close_polls(self) -> None:
@@ -163,6 +168,8 @@ class ChangeNotifier:
     def notify(self) -> None:
         """The change log may have grown (a commit here, a NOTIFY, a reconnect)."""
         self.changes += 1
+        for cb in self.on_change:
+            cb()
         asyncio.get_running_loop().create_task(self._wake())
 
     async def _wake(self) -> None:
@@ -237,6 +244,10 @@ class ChangeNotifier:
                 conn = await asyncpg.connect(url, timeout=5)
                 conn.add_termination_listener(lambda _c, lost=lost: lost.set())
                 await conn.add_listener("entryguard_changes", lambda *_: self.notify())
+                for channel, callback in self.channels.items():
+                    await conn.add_listener(
+                        channel, lambda _c, _p, _ch, payload, cb=callback: cb(payload)
+                    )
             except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
                 if failures == 0:
                     log.warning(
@@ -260,6 +271,19 @@ class ChangeNotifier:
             self._listener = None
             log.warning("LISTEN connection lost; re-establishing it")
             failures = 1  # so the re-establishment is logged
+
+    async def send(self, channel: str, payload: str) -> bool:
+        """NOTIFY ``channel`` on the LISTEN connection (no pool checkout, one statement);
+        False when there is none right now (the receivers' own timeouts cover it)."""
+        conn = self._listener
+        if conn is None:
+            return False
+        try:
+            await conn.execute("SELECT pg_notify($1, $2)", channel, payload)
+        except Exception as exc:  # a lost connection: the LISTEN task re-establishes it
+            log.debug("NOTIFY %s failed: %s", channel, exc)
+            return False
+        return True
 
     async def stop(self) -> None:
         if self._listen_task is not None:
