@@ -11,25 +11,34 @@ import logging
 import os
 import socket
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from entryguard import __version__, aio
 from entryguard.console import EXIT_FAILED, EXIT_USAGE, new_app, one_line, print_error, run_app
 from entryguard.control.db.database import Database, async_url, sqlite_url_for
-from entryguard.control.settings import PortRange, Settings
+from entryguard.control.settings import DbTimeouts, PortRange, Settings
 from entryguard.durations import DurationError, parse_duration
+from entryguard.errors import EntryGuardError
 from entryguard.net import CidrError, parse_cidr
 from entryguard.net.listen import ListenError, parse_listen
 
 app = new_app("EntryGuard: just-in-time, time-bounded network access.")
 db_app = new_app("Database maintenance.")
 token_app = new_app("Edge tokens (how an edge authenticates to the control plane).")
+settings_app = new_app(
+    "Cluster-wide settings (tunnel ports, public host), stored in the database and shared "
+    "by every replica; each replica reads them when it starts.",
+    short_help="Cluster-wide settings, shared by every replica.",
+)
 app.add_typer(db_app, name="db")
 app.add_typer(token_app, name="edge-token")
+app.add_typer(settings_app, name="settings")
 out = Console(soft_wrap=True)
 
 DataDir = Annotated[
@@ -170,6 +179,12 @@ def build_settings(
         ports = PortRange.parse(tunnel_ports)
     except ValueError as exc:
         usage(str(exc))
+    from entryguard.control.services.cluster_settings import check_public_host
+
+    try:
+        public_host = check_public_host(public_host)
+    except EntryGuardError as exc:
+        usage(f"--public-host: {exc.message}")
     try:
         offline_after = parse_duration(agent_offline_after, bare_unit="s")
     except ValueError as exc:
@@ -235,6 +250,47 @@ def db_upgrade(
     out.print("✓ database is up to date")
 
 
+T = TypeVar("T")
+
+
+def _existing_db_url(data_dir: Path, database_url: str | None) -> str:
+    """The database of a command that works on one (never creates a SQLite file)."""
+    if database_url is not None:
+        check_database_url(database_url)
+        return database_url
+    if not (data_dir / "entryguard.db").exists():
+        fail(
+            f"no database in {data_dir}: run `entryguard up` or `entryguard db upgrade` first, "
+            "or pass --database-url"
+        )
+    return sqlite_url_for(data_dir)
+
+
+def _in_database(
+    url: str,
+    work: Callable[[AsyncSession], Awaitable[T]],
+    *,
+    write: bool,
+    migrate: bool = False,
+    timeouts: DbTimeouts | None = None,
+) -> T:
+    """Run ``work`` in one session (a serialised ``Database.write`` transaction, or a
+    read), after the migrations when ``migrate``; the engine is disposed of either way."""
+    from entryguard.control.db.migrate import upgrade_async
+
+    async def run() -> T:
+        db = Database(url, timeouts=timeouts)
+        try:
+            if migrate:
+                await upgrade_async(url)
+            async with db.write() if write else db.read() as s:
+                return await work(s)
+        finally:
+            await db.dispose()
+
+    return asyncio.run(run())
+
+
 @token_app.command("create", short_help="Create an edge token (printed once).")
 def edge_token_create(
     name: Annotated[
@@ -245,30 +301,11 @@ def edge_token_create(
     json_output: JsonOpt = False,
 ) -> None:
     """Create an edge token (printed once) for `entryguard edge --edge-token`."""
-    from entryguard.control.db.migrate import upgrade_async
     from entryguard.control.services.apikeys import create_edge_token
-    from entryguard.errors import EntryGuardError
 
-    url = database_url or sqlite_url_for(data_dir)
-    if database_url is not None:
-        check_database_url(database_url)
-    if database_url is None and not (data_dir / "entryguard.db").exists():
-        fail(
-            f"no database in {data_dir}: run `entryguard up` or `entryguard db upgrade` first, "
-            "or pass --database-url"
-        )
-
-    async def run() -> str:
-        db = Database(url)
-        try:
-            await upgrade_async(url)
-            async with db.write() as s:
-                return await create_edge_token(s, name)
-        finally:
-            await db.dispose()
-
+    url = _existing_db_url(data_dir, database_url)
     try:
-        token = asyncio.run(run())
+        token = _in_database(url, lambda s: create_edge_token(s, name), write=True, migrate=True)
     except EntryGuardError as exc:
         fail(exc.message)
     except Exception as exc:
@@ -281,18 +318,6 @@ def edge_token_create(
     print(token)
 
 
-def _token_db_url(data_dir: Path, database_url: str | None) -> str:
-    if database_url is not None:
-        check_database_url(database_url)
-        return database_url
-    if not (data_dir / "entryguard.db").exists():
-        fail(
-            f"no database in {data_dir}: run `entryguard up` or `entryguard db upgrade` first, "
-            "or pass --database-url"
-        )
-    return sqlite_url_for(data_dir)
-
-
 @token_app.command("list", short_help="List edge tokens (never the secrets).")
 def edge_token_list(
     data_dir: DataDir = Path(".entryguard"),
@@ -302,18 +327,9 @@ def edge_token_list(
     """List edge tokens: name, prefix, created, revoked."""
     from entryguard.control.services.apikeys import list_edge_tokens
 
-    url = _token_db_url(data_dir, database_url)
-
-    async def run() -> list[Any]:
-        db = Database(url)
-        try:
-            async with db.read() as s:
-                return list(await list_edge_tokens(s))
-        finally:
-            await db.dispose()
-
+    url = _existing_db_url(data_dir, database_url)
     try:
-        rows = asyncio.run(run())
+        rows = _in_database(url, list_edge_tokens, write=False)
     except Exception as exc:
         fail(f"could not list edge tokens: {db_error(exc)}")
     if json_output:
@@ -340,20 +356,10 @@ def edge_token_revoke(
     """Revoke every live edge token with this name: edges using one lose their change
     stream within seconds, on every replica."""
     from entryguard.control.services.apikeys import revoke_edge_tokens
-    from entryguard.errors import EntryGuardError
 
-    url = _token_db_url(data_dir, database_url)
-
-    async def run() -> list[Any]:
-        db = Database(url)
-        try:
-            async with db.write() as s:
-                return list(await revoke_edge_tokens(s, name))
-        finally:
-            await db.dispose()
-
+    url = _existing_db_url(data_dir, database_url)
     try:
-        rows = asyncio.run(run())
+        rows = _in_database(url, lambda s: revoke_edge_tokens(s, name), write=True)
     except EntryGuardError as exc:
         fail(f"{exc.message}: see `entryguard edge-token list`")
     except Exception as exc:
@@ -363,6 +369,74 @@ def edge_token_revoke(
         return
     for r in rows:
         out.print(f"✓ revoked edge token {r.name} ({r.prefix})", highlight=False)
+
+
+@settings_app.command("list", short_help="List the cluster settings.")
+def settings_list(
+    data_dir: DataDir = Path(".entryguard"),
+    database_url: DbUrl = None,
+    json_output: JsonOpt = False,
+) -> None:
+    """List the cluster settings: tunnel-ports, public-host (a default until the first
+    replica starts and stores it)."""
+    from entryguard.control.services.cluster_settings import list_settings
+
+    url = _existing_db_url(data_dir, database_url)
+    try:
+        rows = _in_database(url, list_settings, write=False)
+    except EntryGuardError as exc:
+        fail(f"{exc.message}: run `entryguard db upgrade` first")
+    except Exception as exc:
+        fail(f"could not list the settings: {db_error(exc)}")
+    if json_output:
+        print(json.dumps({"items": [dataclasses.asdict(r) for r in rows]}))
+        return
+    out.print(f"{'KEY':<14} {'VALUE':<24} UPDATED")
+    for r in rows:
+        updated = r.updated_at or "not stored yet (the default)"
+        out.print(f"{r.key:<14} {r.value:<24} {updated}", highlight=False)
+
+
+@settings_app.command("set", short_help="Change a cluster setting (replicas use it on restart).")
+def settings_set(
+    key: Annotated[str, typer.Argument(metavar="KEY", help="tunnel-ports or public-host.")],
+    value: Annotated[
+        str, typer.Argument(metavar="VALUE", help="e.g. 42000-42999, or vpn.example.com.")
+    ],
+    data_dir: DataDir = Path(".entryguard"),
+    database_url: DbUrl = None,
+    json_output: JsonOpt = False,
+) -> None:
+    """Change a cluster setting for every replica; each one uses the new value when it
+    restarts. A tunnel port range must keep every existing tunnel's port."""
+    from entryguard.control.services.cluster_settings import known_setting, set_setting
+
+    try:
+        known_setting(key).check(value)  # a usage error, before the database is opened
+    except EntryGuardError as exc:
+        usage(exc.message)
+    url = _existing_db_url(data_dir, database_url)
+    try:
+        result = _in_database(
+            url, lambda s: set_setting(s, key, value, "system"), write=True, migrate=True
+        )
+    except EntryGuardError as exc:
+        fail(exc.message)
+    except Exception as exc:
+        fail(f"could not change the setting: {db_error(exc)}")
+    r = result.setting
+    changed = result.previous != r.value
+    if json_output:
+        print(
+            json.dumps({**dataclasses.asdict(r), "changed": changed, "previous": result.previous})
+        )
+        return
+    if changed:
+        out.print(
+            f"✓ {r.key} = {r.value} (each replica uses it from its next start)", highlight=False
+        )
+    else:
+        out.print(f"✓ {r.key} = {r.value} (already set: nothing changed)", highlight=False)
 
 
 def _run_control(
@@ -405,6 +479,22 @@ def _run_control(
         fail(str(exc))
 
 
+def _check_tls(host: str, tls_cert: Path | None, tls_key: Path | None, self_signed: bool) -> bool:
+    """The TLS flags' usage errors, before anything touches the database; True: TLS."""
+    if self_signed:
+        return True
+    if bool(tls_cert) != bool(tls_key):
+        usage("give both --tls-cert and --tls-key")
+    if tls_cert and tls_key:
+        return True
+    if not is_loopback(host):
+        usage(
+            f"listening on {host} (not loopback) needs TLS: pass --tls-cert and --tls-key, "
+            "or --tls-self-signed"
+        )
+    return False
+
+
 def _tls_args(
     host: str,
     tls_cert: Path | None,
@@ -413,20 +503,15 @@ def _tls_args(
     data_dir: Path,
     public_host: str,
 ) -> tuple[str, str] | None:
+    """The certificate and key to serve with (checked by ``_check_tls``); a self-signed
+    one names the cluster's public host."""
     if self_signed:
         from entryguard.control.tls import ensure_self_signed
 
         cert, key = ensure_self_signed(data_dir, [public_host, host, "localhost", "127.0.0.1"])
         return str(cert), str(key)
-    if bool(tls_cert) != bool(tls_key):
-        usage("give both --tls-cert and --tls-key")
     if tls_cert and tls_key:
         return str(tls_cert), str(tls_key)
-    if not is_loopback(host):
-        usage(
-            f"listening on {host} (not loopback) needs TLS: pass --tls-cert and --tls-key, "
-            "or --tls-self-signed"
-        )
     return None
 
 
@@ -441,11 +526,28 @@ EdgeListen = Annotated[
         help="Edge address (agent WebSocket, /health, /metrics).",
     ),
 ]
+# Cluster-wide (stored in the database, services/cluster_settings.py): None tells "not
+# given", which uses the stored value; a given value must match it.
+_DEFAULTS = Settings(database_url="")
 TunnelPorts = Annotated[
-    str, typer.Option("--tunnel-ports", metavar="FIRST-LAST", help="Tunnel port range.")
+    str | None,
+    typer.Option(
+        "--tunnel-ports",
+        metavar="FIRST-LAST",
+        help=f"Tunnel port range, a cluster setting: the first start stores it (default "
+        f"{_DEFAULTS.tunnel_ports}); later starts use it and refuse another value "
+        "(see `entryguard settings`).",
+    ),
 ]
 PublicHost = Annotated[
-    str, typer.Option("--public-host", metavar="HOST", help="Host shown in connection strings.")
+    str | None,
+    typer.Option(
+        "--public-host",
+        metavar="HOST",
+        help=f"Host shown in connection strings, a cluster setting: the first start stores "
+        f"it (default {_DEFAULTS.public_host}); later starts use it and refuse another "
+        "value (see `entryguard settings`).",
+    ),
 ]
 TlsCert = Annotated[
     Path | None, typer.Option("--tls-cert", metavar="PEM", help="TLS certificate (PEM).")
@@ -474,8 +576,8 @@ def _serve(
     *,
     data_dir: Path,
     listen: str,
-    tunnel_ports: str,
-    public_host: str,
+    tunnel_ports: str | None,
+    public_host: str | None,
     database_url: str | None,
     tls_cert: Path | None,
     tls_key: Path | None,
@@ -495,20 +597,60 @@ def _serve(
     if database_url is None or edge_listen is not None:
         prepare_data_dir(data_dir)
     host, port = listen_address(listen, 8080)
-    tls = _tls_args(host, tls_cert, tls_key, tls_self_signed, data_dir, public_host)
+    secure = _check_tls(host, tls_cert, tls_key, tls_self_signed)
     settings = build_settings(
         data_dir,
         database_url,
-        public_host,
-        tunnel_ports,
+        public_host or _DEFAULTS.public_host,
+        tunnel_ports or str(_DEFAULTS.tunnel_ports),
         trusted_proxy,
-        tls is not None,
+        secure,
         agent_offline_after,
     )
     # Checked before anything starts (before, a bad --edge-listen stopped `up` only once
     # the control plane was serving); the message and the exit code (2) are the same.
     edge = listen_address(edge_listen, 8081) if edge_listen is not None else None
+    # Flags are checked first (exit 2 without touching the database), then agreed with
+    # the values every replica shares.
+    settings = _with_cluster_settings(settings, tunnel_ports, public_host)
+    tls = _tls_args(host, tls_cert, tls_key, tls_self_signed, data_dir, settings.public_host)
     _run_control(settings, host, port, tls, log_level, edge, offline_grace)
+
+
+def _with_cluster_settings(
+    settings: Settings, tunnel_ports: str | None, public_host: str | None
+) -> Settings:
+    """``settings`` with the cluster's tunnel ports and public host (the first replica to
+    start stores them); a flag that contradicts a stored value stops the start, one line."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from entryguard.control.services.cluster_settings import (
+        PUBLIC_HOST,
+        TUNNEL_PORTS,
+        SettingContradicted,
+        reconcile,
+    )
+
+    flags = {TUNNEL_PORTS: tunnel_ports, PUBLIC_HOST: public_host}
+    try:
+        values = _in_database(
+            settings.database_url,
+            lambda s: reconcile(s, flags),
+            write=True,
+            migrate=True,  # the table may be new
+            timeouts=settings.db_timeouts,
+        )
+    except SettingContradicted as exc:
+        fail(
+            f"--{exc.key} {exc.given} contradicts the cluster setting {exc.key} = {exc.stored} "
+            f"stored in the database; change it with `entryguard settings set {exc.key} "
+            f"{exc.given}` or drop the flag"
+        )
+    except (SQLAlchemyError, OSError) as exc:  # SchemaTooNew is an SQLAlchemyError too
+        fail(f"cannot use the database: {db_error(exc)}")
+    except EntryGuardError as exc:
+        fail(exc.message)
+    return values.applied_to(settings)
 
 
 @app.command(short_help="Run the control plane and the edge in one process.")
@@ -516,8 +658,8 @@ def up(
     data_dir: DataDir = Path(".entryguard"),
     listen: Listen = "127.0.0.1:8080",
     edge_listen: EdgeListen = "127.0.0.1:8081",
-    tunnel_ports: TunnelPorts = "41000-41999",
-    public_host: PublicHost = "127.0.0.1",
+    tunnel_ports: TunnelPorts = None,
+    public_host: PublicHost = None,
     database_url: DbUrl = None,
     tls_cert: TlsCert = None,
     tls_key: TlsKey = None,
@@ -550,8 +692,8 @@ def up(
 def server(
     data_dir: DataDir = Path(".entryguard"),
     listen: Listen = "127.0.0.1:8080",
-    tunnel_ports: TunnelPorts = "41000-41999",
-    public_host: PublicHost = "127.0.0.1",
+    tunnel_ports: TunnelPorts = None,
+    public_host: PublicHost = None,
     database_url: DbUrl = None,
     tls_cert: TlsCert = None,
     tls_key: TlsKey = None,

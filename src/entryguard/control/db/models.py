@@ -312,3 +312,14 @@ class Edge(Base):
     connected: Mapped[bool] = mapped_column(Boolean, default=False)
     first_seen: Mapped[datetime] = mapped_column(info=STAMP)
     last_seen: Mapped[datetime] = mapped_column(info=STAMP)
+
+
+class ClusterSetting(Base):
+    """A setting every replica shares (``entryguard settings``): the tunnel port range and
+    the host shown in connection strings. The first replica to start stores them; each
+    replica reads them when it starts (``services/cluster_settings.py``)."""
+
+    __tablename__ = "cluster_settings"
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
+    updated_at: Mapped[datetime] = mapped_column(info=STAMP)
