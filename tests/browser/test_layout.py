@@ -48,6 +48,7 @@ ADMIN_PAGES = [
     ("/admin/rules", "Static rules"),
     ("/admin/guests", "Guest access"),
     ("/admin/agents", "Agents"),
+    ("/admin/edges", "Edges"),
     ("/admin/apikeys", "API keys"),
     ("/admin/audit", "Audit log"),
     ("/admin/resources/new", "Add Resource"),
