@@ -240,10 +240,48 @@ def create_app(
     async def health() -> JSONResponse:
         """Readiness: 200 when the database answers ``SELECT 1`` within 2 s, else 503."""
         reason = await readiness.check()
+        stream = {
+            "revision": tail.head,
+            "edges": len(hub.local),
+            # PostgreSQL: other replicas' commits arrive by NOTIFY; without the LISTEN
+            # connection they arrive by the tail's 2 s re-read (slower, still correct).
+            "listening": notifier.listening if database.is_postgres else None,
+        }
         if reason is None:
-            return JSONResponse({"status": "ok", "version": __version__})
-        body: dict[str, Any] = {"status": "not ready", "version": __version__, "database": reason}
+            return JSONResponse({"status": "ok", "version": __version__, "stream": stream})
+        body: dict[str, Any] = {
+            "status": "not ready",
+            "version": __version__,
+            "database": reason,
+            "stream": stream,
+        }
         return JSONResponse(body, status_code=503)
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics() -> Response:
+        """Prometheus text: readiness, the change tail, the edges streaming here."""
+        ready = 1 if readiness.reason is None else 0
+        lines = [
+            "# HELP entryguard_ready 1 when this replica's database answers.",
+            "# TYPE entryguard_ready gauge",
+            f"entryguard_ready {ready}",
+            "# HELP entryguard_change_revision Newest change-log revision read by this replica.",
+            "# TYPE entryguard_change_revision gauge",
+            f"entryguard_change_revision {tail.head}",
+            "# HELP entryguard_change_reads_total Change-log queries run by the tail.",
+            "# TYPE entryguard_change_reads_total counter",
+            f"entryguard_change_reads_total {tail.reads}",
+            "# HELP entryguard_edges_streaming Edges streaming from this replica.",
+            "# TYPE entryguard_edges_streaming gauge",
+            f"entryguard_edges_streaming {len(hub.local)}",
+            "# HELP entryguard_edges_known Live edges of the cluster this replica knows of.",
+            "# TYPE entryguard_edges_known gauge",
+            f"entryguard_edges_known {len(hub.local) + len(hub.remote)}",
+            "# HELP entryguard_edge_notifies_total NOTIFYs sent about edge positions.",
+            "# TYPE entryguard_edge_notifies_total counter",
+            f"entryguard_edge_notifies_total {hub.notifies}",
+        ]
+        return Response("\n".join(lines) + "\n", media_type="text/plain; version=0.0.4")
 
     for r in (
         auth.router,

@@ -15,7 +15,7 @@ import os
 import ssl
 from collections.abc import Coroutine, Sequence
 from http import HTTPStatus
-from typing import Any
+from typing import Any, Literal
 
 import websockets
 from websockets.asyncio.server import Server, ServerConnection
@@ -82,6 +82,7 @@ class Edge:
         ping_timeout: float | None = None,
         offline_grace: float = 120.0,
         name: str = "edge",
+        delivery: Literal["stream", "poll"] = "stream",
     ) -> None:
         self.clock = clock
         self.name = name
@@ -104,6 +105,7 @@ class Edge:
             poll_wait=poll_wait,
             clock=clock,
             name=name or "edge",
+            delivery=delivery,
         )
         self.follower.health = self._stream_health
         self.tunnel_host = tunnel_host
