@@ -777,10 +777,26 @@ def edge(
             envvar="EG_EDGE_NAME",
             show_envvar=True,
             metavar="NAME",
-            help="This edge's name in logs and /health (default: the host name).",
+            help=(
+                "This edge's name in logs, /health and `eg admin edges` (default: the host "
+                "name). Edges sharing an edge token need different names."
+            ),
         ),
     ] = None,
     offline_grace: OfflineGrace = "2m",
+    delivery: Annotated[
+        str,
+        typer.Option(
+            "--delivery",
+            envvar="EG_EDGE_DELIVERY",
+            show_envvar=True,
+            metavar="stream|poll",
+            help=(
+                "How to follow the change log: stream (pushed over a WebSocket, the "
+                "default) or poll (HTTP long-poll, for proxies that do not pass WebSockets)."
+            ),
+        ),
+    ] = "stream",
     log_level: LogLevel = "info",
 ) -> None:
     """Run an edge: tunnel ports and the agents' WebSocket endpoint; holds no database credentials."""
@@ -801,6 +817,8 @@ def edge(
     urls = control_urls(control_url)
     grace = offline_grace_seconds(offline_grace)
     edge_name = name or socket.gethostname()
+    if delivery not in ("stream", "poll"):
+        usage(f"--delivery must be stream or poll, not {delivery!r}")
 
     async def run() -> None:
         stop = asyncio.Event()  # SIGTERM or Ctrl-C: close the edge, exit 0
@@ -820,6 +838,7 @@ def edge(
             verify=verify,
             offline_grace=grace,
             name=edge_name,
+            delivery="poll" if delivery == "poll" else "stream",
         )
         await e.start(host, port, ssl_context=ssl_ctx, sock=sock)
         out.print(

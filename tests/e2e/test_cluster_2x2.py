@@ -49,6 +49,7 @@ class Edge:
     token: str
     log: Path
     proc: subprocess.Popen[bytes] | None = None
+    start_args: list[str] = field(default_factory=list)
 
     @property
     def http(self) -> str:
@@ -58,7 +59,7 @@ class Edge:
         args = [str(BIN / "entryguard"), "edge", "--edge-token", self.token, "--name", self.name]
         for u in self.urls:
             args += ["--control-url", u]
-        args += ["--listen", f"{self.host}:{self.port}", "--offline-grace", "0"]
+        args += ["--listen", f"{self.host}:{self.port}", "--offline-grace", "0", *self.start_args]
         self.proc = subprocess.Popen(
             args,
             stdout=open(self.log, "ab"),  # noqa: SIM115 - owned by the process
@@ -300,3 +301,25 @@ def test_5_an_edge_started_before_its_replica_follows_it_once_up(
     assert any(e["name"] == "late" and e["live"] for e in edges_listed(cl.r1))
     late.stop()
     assert echoes(cl.port, "127.0.0.6")  # edge 1 stayed with us throughout
+
+
+def test_6_an_edge_on_long_poll_still_follows(cl: Cluster) -> None:
+    """`--delivery poll` (for proxies that do not pass WebSockets) follows the same log:
+    edge 2 restarted on long-poll, its agent reconnects, and a stop on the other replica
+    still cuts."""
+    poll = cl.e2
+    poll.stop()
+    poll.start_args = ["--delivery", "poll"]
+    before = cl.a2.log.read_text().count("[tunnel] connected to edge")
+    poll.start()
+    assert wait_until(lambda: poll.health()[0] == 200, 20), poll.log.read_text()[-2000:]
+    assert wait_until(
+        lambda: cl.a2.log.read_text().count("[tunnel] connected to edge") > before, 20
+    ), cl.a2.log.read_text()[-2000:]
+    token = cl.st.user("six@example.com", "127.0.0.8")
+    session_on(cl.r1, token, "127.0.0.8")
+    assert wait_until(lambda: through(poll.host, cl.port, "127.0.0.8"), 5)
+    s = connect_via(poll.host, cl.port, "127.0.0.8")
+    stop_on(cl.r1, token)
+    assert is_cut(s, 3), "a stop on the other replica did not reach the polling edge"
+    s.close()
