@@ -51,7 +51,7 @@ async def allocate_port(s: AsyncSession, ports: PortRange) -> int:
             return p
     raise Conflict(
         f"the tunnel port range {ports} is exhausted ({ports.last - ports.first + 1} tunnels): "
-        "delete unused tunnels or widen --tunnel-ports",
+        "delete unused tunnels or widen the range with `entryguard settings set tunnel-ports FIRST-LAST`",
         code="port_range_exhausted",
     )
 
