@@ -29,6 +29,7 @@ import pytest
 
 from tests.conftest import (
     BIN,
+    PG_ADMIN_URL,
     ControlPlane,
     free_port,
     make_control_plane,
@@ -37,6 +38,7 @@ from tests.conftest import (
 )
 from tests.e2e import targets
 from tests.e2e.test_cluster import echoes, is_cut, session_on, stop_on
+from tests.e2e.test_db_outage import FaultProxy
 from tests.e2e.tunnel_env import Stack, wait_until
 
 
@@ -109,6 +111,7 @@ class Cluster:
     db_url: str
     token: str
     extra: list[Edge] = field(default_factory=list)
+    proxy: FaultProxy | None = None
 
 
 def eg(*args: str) -> subprocess.CompletedProcess[str]:
@@ -121,7 +124,14 @@ def eg(*args: str) -> subprocess.CompletedProcess[str]:
 def cl(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     tmp = tmp_path_factory.mktemp("cluster2x2")
     url = pg_create_database()
-    r1 = make_control_plane(tmp / "r1", url, command="server", ports=10)
+    # Replica 1 reaches PostgreSQL through a proxy the tests can break (never the server).
+    host_port = PG_ADMIN_URL.split("@", 1)[1].split("/", 1)[0]
+    pg_host, _, pg_port = host_port.partition(":")
+    proxy = FaultProxy((pg_host, int(pg_port or 5432)))
+    proxy.start()
+    user = PG_ADMIN_URL.split("//", 1)[1].split("@", 1)[0]
+    via_proxy = f"postgresql://{user}@127.0.0.1:{proxy.port}/{url.rsplit('/', 1)[1]}"
+    r1 = make_control_plane(tmp / "r1", via_proxy, command="server", ports=10)
     r2 = make_control_plane(tmp / "r2", url, command="server", ports=10)
     (tmp / "r1").mkdir()
     (tmp / "r2").mkdir()
@@ -155,7 +165,7 @@ def cl(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         assert wait_until(a2.connected, 20), a2.log.read_text()[-2000:]
         with targets.serve(targets.Echo) as echo:
             port = st.tunnel("db", "127.0.0.1", echo)
-            c = Cluster(r1, r2, st, e1, e2, a2, port, url, token, extra=edges)
+            c = Cluster(r1, r2, st, e1, e2, a2, port, url, token, extra=edges, proxy=proxy)
             yield c
     finally:
         st.stop_agent()
@@ -166,6 +176,7 @@ def cl(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
             e.stop()
         r1.stop()
         r2.stop()
+        proxy.close()
         pg_drop_database(url)
 
 
@@ -303,7 +314,33 @@ def test_5_an_edge_started_before_its_replica_follows_it_once_up(
     assert echoes(cl.port, "127.0.0.6")  # edge 1 stayed with us throughout
 
 
-def test_6_an_edge_on_long_poll_still_follows(cl: Cluster) -> None:
+def test_6_replica_1_loses_its_database_and_its_edge_moves(cl: Cluster) -> None:
+    """Through the proxy replica 1 uses: its /health turns 503, edge 1 leaves it for
+    replica 2, and a stop made there cuts a connection on edge 1 (about 2 s measured)."""
+    assert cl.proxy is not None
+    token = cl.st.user("db-loss@example.com", "127.0.0.10")
+    session_on(cl.r2, token, "127.0.0.10")
+    assert wait_until(lambda: through(cl.e1.host, cl.port, "127.0.0.10"), 5)
+    s = connect_via(cl.e1.host, cl.port, "127.0.0.10")
+    cl.proxy.down()
+    try:
+        t0 = time.monotonic()
+        stop_on(cl.r2, token)
+        assert is_cut(s, 10), "a stop stayed unapplied on the edge of the replica without a DB"
+        took = time.monotonic() - t0
+        assert took < 8, took
+        assert httpx.get(f"{cl.r1.url}/api/v1/health", timeout=5).status_code == 503
+        assert cl.e1.health()[0] == 200  # on replica 2 now, and says so
+        assert "trying the control plane at" in cl.e1.log.read_text()
+    finally:
+        cl.proxy.up()
+        s.close()
+    assert wait_until(
+        lambda: httpx.get(f"{cl.r1.url}/api/v1/health", timeout=5).status_code == 200, 10
+    )
+
+
+def test_7_an_edge_on_long_poll_still_follows(cl: Cluster) -> None:
     """`--delivery poll` (for proxies that do not pass WebSockets) follows the same log:
     edge 2 restarted on long-poll, its agent reconnects, and a stop on the other replica
     still cuts."""
