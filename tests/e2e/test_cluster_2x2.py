@@ -8,10 +8,16 @@ follows replica 1 first, edge 2 follows replica 2 first. What is checked:
 - an access change made on replica 1 returns only once edge 2 (streaming from replica 2)
   has applied it: the connection there is already reset when the call returns;
 - ``eg admin edges`` lists both edges, live, with their lag, from either replica;
+- a poison X-Forwarded-For through the trusted proxy wedges no edge;
 - a third edge under a name already streaming with the token is refused and says why;
 - kill -9 of an edge leaves the other undisturbed, access changes stay fast, and the
   killed edge returns on the same ports;
-- an edge started while its replica is down follows it once it is up.
+- an edge started while its replica is down follows it once it is up;
+- replica 1 losing its database (a proxy the test breaks): its edge moves to replica 2;
+- an edge on `--delivery poll` follows the same log.
+
+Kill -9 of a replica and every replica down (fail-closed, static rules kept) are in
+tests/e2e/test_cluster.py; a port that cannot be bound in test_edge_resilience.py.
 """
 
 from __future__ import annotations
@@ -137,6 +143,7 @@ def cl(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     (tmp / "r2").mkdir()
     r2.args[r2.args.index("--tunnel-ports") + 1] = r1.args[r1.args.index("--tunnel-ports") + 1]
     r2.tunnel_ports, r2.admin_password = r1.tunnel_ports, r1.admin_password
+    r2.args += ["--trusted-proxy", "127.0.0.11/32"]  # a "load balancer" in front of r2
     st = Stack(cp=r1, tmp=tmp)
     edges: list[Edge] = []
     a2 = Agent(tmp / "agent2.yml", tmp / "agent2.log")
@@ -250,6 +257,29 @@ def test_2_eg_admin_edges_lists_both_from_either_replica(cl: Cluster) -> None:
     assert wait_until(lambda: all(e["lag"] == 0 for e in edges_listed(cl.r1) if e["live"]), 5), (
         edges_listed(cl.r1)
     )
+
+
+def test_2b_a_poison_forwarded_for_wedges_nobody(cl: Cluster) -> None:
+    """A session started through the trusted proxy with X-Forwarded-For `fe80::1%eth0`
+    (a zone id no edge can parse) gets the proxy's own address; both edges stay healthy
+    and keep applying what follows."""
+    token = cl.st.user("poison@example.com", "127.0.0.11")
+    t = httpx.Client(transport=httpx.HTTPTransport(local_address="127.0.0.11"))
+    r = t.post(
+        f"{cl.r2.url}/api/v1/sessions",
+        json={"duration": "1h"},
+        headers={"Authorization": f"Bearer {token}", "X-Forwarded-For": "fe80::1%eth0"},
+        timeout=10,
+    )
+    assert r.status_code == 201, r.text
+    assert r.json()["session"]["ip"] == "127.0.0.11", r.json()
+    assert through(cl.e2.host, cl.port, "127.0.0.11")
+    other = cl.st.user("after-poison@example.com", "127.0.0.12")
+    session_on(cl.r1, other, "127.0.0.12")
+    for e in (cl.e1, cl.e2):
+        assert through(e.host, cl.port, "127.0.0.12"), e.name
+        code, body = e.health()
+        assert code == 200 and not body.get("problems"), body
 
 
 def test_3_a_second_edge_under_a_taken_name_is_refused(cl: Cluster, tmp_path: Path) -> None:
