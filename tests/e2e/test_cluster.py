@@ -70,9 +70,10 @@ def stop_on(replica: ControlPlane, token: str) -> None:
     assert r.status_code == 200, r.text
 
 
-def echoes(port: int, source: str) -> bool:
+def echoes(port: int, source: str, host: str = "127.0.0.1") -> bool:
+    """An echo round trip through the edge on ``host`` from ``source``."""
     try:
-        s = connect(port, source, timeout=2)
+        s = connect(port, source, timeout=2, host=host)
     except OSError:
         return False
     with s:

@@ -45,7 +45,7 @@ from tests.conftest import (
 from tests.e2e import targets
 from tests.e2e.test_cluster import echoes, is_cut, session_on, stop_on
 from tests.e2e.test_db_outage import FaultProxy
-from tests.e2e.tunnel_env import Stack, wait_until
+from tests.e2e.tunnel_env import Stack, connect, wait_until
 
 
 @dataclass
@@ -187,28 +187,6 @@ def cl(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         pg_drop_database(url)
 
 
-def through(host: str, port: int, source: str) -> bool:
-    """An echo round trip through the edge on ``host`` from ``source``."""
-    import socket
-
-    try:
-        s = socket.create_connection((host, port), timeout=2, source_address=(source, 0))
-    except OSError:
-        return False
-    with s:
-        try:
-            s.sendall(b"ping")
-            return s.recv(4) == b"ping"
-        except OSError:
-            return False
-
-
-def connect_via(host: str, port: int, source: str):  # type: ignore[no-untyped-def]
-    import socket
-
-    return socket.create_connection((host, port), timeout=5, source_address=(source, 0))
-
-
 def edges_listed(replica: ControlPlane) -> list[dict]:
     admin = replica.login_token()
     out = subprocess.run(
@@ -225,10 +203,10 @@ def edges_listed(replica: ControlPlane) -> list[dict]:
 def test_1_a_stop_on_replica_1_returns_once_edge_2_has_cut(cl: Cluster) -> None:
     token = cl.st.user("one@example.com", "127.0.0.5")
     session_on(cl.r1, token, "127.0.0.5")  # returns once both edges admit
-    assert through(cl.e2.host, cl.port, "127.0.0.5"), "edge 2 did not admit on return"
-    assert through(cl.e1.host, cl.port, "127.0.0.5")
-    s2 = connect_via(cl.e2.host, cl.port, "127.0.0.5")
-    s1 = connect_via(cl.e1.host, cl.port, "127.0.0.5")
+    assert echoes(cl.port, "127.0.0.5", cl.e2.host), "edge 2 did not admit on return"
+    assert echoes(cl.port, "127.0.0.5", cl.e1.host)
+    s2 = connect(cl.port, "127.0.0.5", host=cl.e2.host)
+    s1 = connect(cl.port, "127.0.0.5", host=cl.e1.host)
     for s in (s1, s2):
         s.sendall(b"ping")
         assert s.recv(4) == b"ping"
@@ -273,11 +251,11 @@ def test_2b_a_poison_forwarded_for_wedges_nobody(cl: Cluster) -> None:
     )
     assert r.status_code == 201, r.text
     assert r.json()["session"]["ip"] == "127.0.0.11", r.json()
-    assert through(cl.e2.host, cl.port, "127.0.0.11")
+    assert echoes(cl.port, "127.0.0.11", cl.e2.host)
     other = cl.st.user("after-poison@example.com", "127.0.0.12")
     session_on(cl.r1, other, "127.0.0.12")
     for e in (cl.e1, cl.e2):
-        assert through(e.host, cl.port, "127.0.0.12"), e.name
+        assert echoes(cl.port, "127.0.0.12", e.host), e.name
         code, body = e.health()
         assert code == 200 and not body.get("problems"), body
 
@@ -297,7 +275,7 @@ def test_3_a_second_edge_under_a_taken_name_is_refused(cl: Cluster, tmp_path: Pa
     assert "give each edge its own --name" in dup.log.read_text()
     listed = [e for e in edges_listed(cl.r1) if e["name"] == "e1"]
     assert len(listed) == 1 and listed[0]["live"], listed  # the original keeps its place
-    assert through(cl.e1.host, cl.port, "127.0.0.9") is False  # (no grant: just alive)
+    assert echoes(cl.port, "127.0.0.9", cl.e1.host) is False  # (no grant: just alive)
     assert cl.e1.health()[0] == 200
     dup.stop()
 
@@ -305,7 +283,7 @@ def test_3_a_second_edge_under_a_taken_name_is_refused(cl: Cluster, tmp_path: Pa
 def test_4_kill_9_of_an_edge_leaves_the_other_alone(cl: Cluster) -> None:
     token = cl.st.user("four@example.com", "127.0.0.6")
     session_on(cl.r2, token, "127.0.0.6")
-    s1 = connect_via(cl.e1.host, cl.port, "127.0.0.6")
+    s1 = connect(cl.port, "127.0.0.6", host=cl.e1.host)
     s1.sendall(b"ping")
     assert s1.recv(4) == b"ping"
     cl.e2.stop(kill=True)
@@ -318,8 +296,8 @@ def test_4_kill_9_of_an_edge_leaves_the_other_alone(cl: Cluster) -> None:
     assert s1.recv(4) == b"pong", "the live edge's connection was disturbed"
     cl.e2.start()  # back on the same ports
     assert wait_until(lambda: cl.e2.health()[0] == 200, 20), cl.e2.log.read_text()[-2000:]
-    assert wait_until(lambda: through(cl.e2.host, cl.port, "127.0.0.6"), 20)
-    assert wait_until(lambda: through(cl.e2.host, cl.port, "127.0.0.7"), 5)
+    assert wait_until(lambda: echoes(cl.port, "127.0.0.6", cl.e2.host), 20)
+    assert wait_until(lambda: echoes(cl.port, "127.0.0.7", cl.e2.host), 5)
     s1.close()
 
 
@@ -350,8 +328,8 @@ def test_6_replica_1_loses_its_database_and_its_edge_moves(cl: Cluster) -> None:
     assert cl.proxy is not None
     token = cl.st.user("db-loss@example.com", "127.0.0.10")
     session_on(cl.r2, token, "127.0.0.10")
-    assert wait_until(lambda: through(cl.e1.host, cl.port, "127.0.0.10"), 5)
-    s = connect_via(cl.e1.host, cl.port, "127.0.0.10")
+    assert wait_until(lambda: echoes(cl.port, "127.0.0.10", cl.e1.host), 5)
+    s = connect(cl.port, "127.0.0.10", host=cl.e1.host)
     cl.proxy.down()
     try:
         t0 = time.monotonic()
@@ -385,8 +363,8 @@ def test_7_an_edge_on_long_poll_still_follows(cl: Cluster) -> None:
     ), cl.a2.log.read_text()[-2000:]
     token = cl.st.user("six@example.com", "127.0.0.8")
     session_on(cl.r1, token, "127.0.0.8")
-    assert wait_until(lambda: through(poll.host, cl.port, "127.0.0.8"), 5)
-    s = connect_via(poll.host, cl.port, "127.0.0.8")
+    assert wait_until(lambda: echoes(cl.port, "127.0.0.8", poll.host), 5)
+    s = connect(cl.port, "127.0.0.8", host=poll.host)
     stop_on(cl.r1, token)
     assert is_cut(s, 3), "a stop on the other replica did not reach the polling edge"
     s.close()

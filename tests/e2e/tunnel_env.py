@@ -136,8 +136,9 @@ class Stack:
             self.agent_proc.wait(20)
 
 
-def connect(port: int, source: str, timeout: float = 5.0) -> socket.socket:
-    s = socket.create_connection(("127.0.0.1", port), timeout=timeout, source_address=(source, 0))
+def connect(port: int, source: str, timeout: float = 5.0, host: str = "127.0.0.1") -> socket.socket:
+    """A TCP connection to ``host:port`` (an edge's tunnel port) from ``source``."""
+    s = socket.create_connection((host, port), timeout=timeout, source_address=(source, 0))
     s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     return s
 
