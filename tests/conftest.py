@@ -102,6 +102,16 @@ def pg_create_database() -> str:
     return PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
 
 
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A database of the test's own on the real PostgreSQL, dropped afterwards."""
+    url = pg_create_database()
+    try:
+        yield url
+    finally:
+        pg_drop_database(url)
+
+
 def pg_drop_database(url: str) -> None:
     import asyncio
 

@@ -7,22 +7,12 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-from collections.abc import Iterator
 
 import pytest
 
-from tests.conftest import BIN, free_port, pg_create_database, pg_drop_database
+from tests.conftest import BIN, free_port
 
 pytestmark = pytest.mark.pg
-
-
-@pytest.fixture
-def pg_url() -> Iterator[str]:
-    url = pg_create_database()
-    try:
-        yield url
-    finally:
-        pg_drop_database(url)
 
 
 def entryguard(url: str, *args: str) -> subprocess.CompletedProcess[str]:

@@ -7,23 +7,12 @@ import asyncio
 import os
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import asyncpg
 import httpx
-import pytest
 
-from tests.conftest import BIN, free_port, pg_create_database, pg_drop_database
-
-
-@pytest.fixture
-def pg_url() -> Iterator[str]:
-    url = pg_create_database()
-    try:
-        yield url
-    finally:
-        pg_drop_database(url)
+from tests.conftest import BIN, free_port
 
 
 def server(url: str, port: int, log: object) -> subprocess.Popen[bytes]:
