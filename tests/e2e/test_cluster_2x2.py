@@ -322,10 +322,19 @@ def test_5_an_edge_started_before_its_replica_follows_it_once_up(
     assert echoes(cl.port, "127.0.0.6")  # edge 1 stayed with us throughout
 
 
-def test_6_replica_1_loses_its_database_and_its_edge_moves(cl: Cluster) -> None:
+def test_6_replica_1_loses_its_database_and_its_edge_moves(cl: Cluster, tmp_path: Path) -> None:
     """Through the proxy replica 1 uses: its /health turns 503, edge 1 leaves it for
     replica 2, and a stop made there cuts a connection on edge 1 (about 2 s measured)."""
     assert cl.proxy is not None
+    # An edge that can only follow replica 1 must fail closed after its grace: a replica
+    # that cannot read its log does not vouch for "nothing new".
+    solo = Edge(
+        "solo", "127.0.0.13", free_port("127.0.0.13"), [cl.r1.url], cl.token, tmp_path / "s.log"
+    )
+    solo.start_args = ["--offline-grace", "3s"]
+    cl.extra.append(solo)
+    solo.start()
+    assert wait_until(lambda: solo.health()[0] == 200, 20), solo.log.read_text()[-2000:]
     token = cl.st.user("db-loss@example.com", "127.0.0.10")
     session_on(cl.r2, token, "127.0.0.10")
     assert wait_until(lambda: echoes(cl.port, "127.0.0.10", cl.e1.host), 5)
@@ -340,12 +349,21 @@ def test_6_replica_1_loses_its_database_and_its_edge_moves(cl: Cluster) -> None:
         assert httpx.get(f"{cl.r1.url}/api/v1/health", timeout=5).status_code == 503
         assert cl.e1.health()[0] == 200  # on replica 2 now, and says so
         assert "trying the control plane at" in cl.e1.log.read_text()
+
+        def solo_closed() -> bool:
+            code, body = solo.health()
+            return code == 503 and body.get("status") == "fail-closed"
+
+        assert wait_until(solo_closed, 3 + 10), (solo.health(), solo.log.read_text()[-1500:])
+        print(f"fail-closed after {time.monotonic() - t0:.1f} s (grace 3 s)")
     finally:
         cl.proxy.up()
         s.close()
     assert wait_until(
         lambda: httpx.get(f"{cl.r1.url}/api/v1/health", timeout=5).status_code == 200, 10
     )
+    assert wait_until(lambda: solo.health()[0] == 200, 15), solo.log.read_text()[-1500:]
+    solo.stop()
 
 
 def test_7_an_edge_on_long_poll_still_follows(cl: Cluster) -> None:

@@ -16,7 +16,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from entryguard.control.api.deps import bearer_value
 from entryguard.control.db.database import DATABASE_ERRORS, Database
 from entryguard.control.services import edge_sync
-from entryguard.control.services.change_tail import ChangeTail
+from entryguard.control.services.change_tail import RECHECK, ChangeTail
 from entryguard.control.services.edge_hub import EdgeHub, EdgeLink
 from entryguard.errors import Conflict, Gone, Unauthorized
 from entryguard.sync.stream import (
@@ -142,7 +142,14 @@ async def _pump(
                     grown.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
                         await grown
-                elif tail.head <= sent and not tail.closing:
+                elif (
+                    tail.head <= sent
+                    and not tail.closing
+                    and tail.fresh(RECHECK + 2 * hub.interval)
+                ):
+                    # Only a replica that can still read the log may say "nothing new":
+                    # without its database it falls silent, so the edge moves on, and
+                    # with every replica so, the edge's offline grace runs out.
                     await ws.send_text(encode(Heartbeat(revision=sent)))
             if kicked.done():
                 code = KICK_CODES.get(link.kick_code, "stream_ended")

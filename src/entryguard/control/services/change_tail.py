@@ -42,6 +42,7 @@ class ChangeTail:
         self._grown = asyncio.Condition()
         self._task: asyncio.Task[None] | None = None
         self.reads = 0  # queries run: what /metrics and the bench count
+        self.last_ok = float("-inf")  # monotonic time of the last read that succeeded
         self.healthy = False
         self.closing = False
 
@@ -49,6 +50,7 @@ class ChangeTail:
         async with self.db.read() as s:
             self.head = self.floor = await current_revision(s)
         self.healthy = True
+        self.last_ok = self.db.clock.monotonic()
         self._task = asyncio.get_running_loop().create_task(self._run(), name="change-tail")
 
     async def stop(self) -> None:
@@ -100,6 +102,7 @@ class ChangeTail:
                 )
                 self._reset(newest)
                 return False
+        self.last_ok = self.db.clock.monotonic()
         if rows:
             self.rows += rows
             self._revs += [r.revision for r in rows]
@@ -118,6 +121,11 @@ class ChangeTail:
     async def _wake_readers(self) -> None:
         async with self._grown:
             self._grown.notify_all()
+
+    def fresh(self, within: float) -> bool:
+        """Whether the log was read successfully within the last ``within`` seconds: a
+        heartbeat ("nothing new") is only true of a log this replica can still read."""
+        return self.db.clock.monotonic() - self.last_ok <= within
 
     def after(self, since: int, limit: int = 500) -> list[ChangeRow] | None:
         """Rows with revision > ``since`` (whole batches, about ``limit``), or None when
