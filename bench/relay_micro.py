@@ -2,8 +2,7 @@
 
     .venv/bin/python bench/relay_micro.py [--messages 10000] [--rounds 5] [--size 64]
 
-The real classes (websockets connections with the link's framing, MuxLink, the mux,
-SocketStream) on both ends of one stream, with in-memory transports: what the edge and
+The real classes (the link's own WebSocket ``WsLink``, MuxLink, the mux, SocketStream) on both ends of one stream, with in-memory transports: what the edge and
 the agent spend in Python for each of the four traversals of a round trip. System
 calls, wake-ups and cold caches are not in it: compare it with itself across commits,
 not with the loopback figures of tunnel_bench.py. Prints the median of the rounds.
@@ -22,15 +21,11 @@ from typing import Any
 if __package__ in (None, ""):
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
-from websockets.asyncio.connection import Connection
-from websockets.client import ClientProtocol
-from websockets.protocol import Protocol, State
-from websockets.server import ServerProtocol
-from websockets.uri import parse_uri
-
 from entryguard.mux import MuxConnection
-from entryguard.relay.link import AgentClientConnection, EdgeServerConnection, MuxLink
+from entryguard.relay.link import MuxLink
 from entryguard.relay.stream import SocketStream
+from entryguard.relay.wslink import ClientLink, ServerLink
+from entryguard.relay.wsoptions import LinkOptions
 
 
 class MemoryTransport:
@@ -66,6 +61,9 @@ class MemoryTransport:
     def can_write_eof(self) -> bool:
         return True
 
+    def write_eof(self) -> None:
+        pass
+
     def abort(self) -> None:
         pass
 
@@ -73,40 +71,27 @@ class MemoryTransport:
         pass
 
 
-def opened(protocol: Protocol) -> Protocol:
-    protocol.state = State.OPEN
-    protocol.parser = Protocol.parse(protocol)  # past the handshake: frames from the start
-    next(protocol.parser)
-    return protocol
-
-
 async def measure(n: int, size: int) -> dict[str, float]:
-    kw: dict[str, Any] = {
-        "ping_interval": None,
-        "ping_timeout": None,
-        "close_timeout": 2,
-        "max_queue": 64,
-        "write_limit": 512 * 1024,
-    }
-    agent_ws = AgentClientConnection(
-        opened(ClientProtocol(parse_uri("ws://edge/"), max_size=2**21)), **kw
-    )
-    edge_ws = EdgeServerConnection(opened(ServerProtocol(max_size=2**21)), None, **kw)  # type: ignore[arg-type]
+    options = LinkOptions(ping_interval=None, ping_timeout=None)
+    agent_ws = ClientLink("ws://edge/agent/connect", options, ())
+    edge_ws = ServerLink(options)
     to_edge, to_agent = MemoryTransport(), MemoryTransport()
     agent_ws.connection_made(to_edge)  # type: ignore[arg-type]
-    Connection.connection_made(edge_ws, to_agent)  # type: ignore[arg-type]  # no handler task
-    alink = MuxLink(agent_ws, MuxConnection("agent"), "edge")
-    elink = MuxLink(edge_ws, MuxConnection("edge"), "agent")
-    for ws, link in ((agent_ws, alink), (edge_ws, elink)):
-        ws.on_binary = link._on_message
-        getattr(ws, "take_over", lambda: None)()  # absent before the link framed itself
-    opens: list[int] = []
-    alink._on_open = lambda sid, _ev: opens.append(sid)
+    edge_ws.connection_made(to_agent)  # type: ignore[arg-type]
 
     def deliver(src: MemoryTransport, dst: Any) -> None:
         msgs, src.out[:] = list(src.out), []
         for m in msgs:
             dst.data_received(m)
+
+    deliver(to_edge, edge_ws)  # the opening handshake
+    deliver(to_agent, agent_ws)
+    alink = MuxLink(agent_ws, MuxConnection("agent"), "edge")
+    elink = MuxLink(edge_ws, MuxConnection("edge"), "agent")
+    for ws, link in ((agent_ws, alink), (edge_ws, elink)):
+        ws.attach(link._on_message, link.kick)
+    opens: list[int] = []
+    alink._on_open = lambda sid, _ev: opens.append(sid)
 
     sid = elink.mux.open_stream(1, "127.0.0.2:1", 0.0)
     elink.kick()

@@ -289,7 +289,7 @@ async def _relay_sockets_have_nodelay(tmp_path: Path) -> tuple[int, int]:
             # Both ends of the link split frames themselves once it is open (wsframes).
             assert client.link is not None
             for link in (*edge.links.values(), client.link):
-                assert getattr(link.ws, "_splitter", None) is not None
+                assert link.ws.splitter is not None
             flags = []
             for stream in (at_edge, at_agent):
                 assert stream.transport is not None

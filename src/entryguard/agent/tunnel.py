@@ -18,7 +18,6 @@ import ssl
 from typing import Any
 
 import websockets
-from websockets.asyncio.client import ClientConnection
 
 from entryguard import __version__
 from entryguard.agent.config import AgentConfig
@@ -26,9 +25,10 @@ from entryguard.agent.control_client import ControlClient, ControlPlaneError, Tu
 from entryguard.backoff import Backoff
 from entryguard.mux import MuxConnection, ResetCode, hello
 from entryguard.net import IPNetwork, normalize_ip
-from entryguard.relay.link import AgentClientConnection, MuxLink
+from entryguard.relay.link import MuxLink
 from entryguard.relay.stream import SocketStream
 from entryguard.relay.tasks import TaskSet
+from entryguard.relay.wslink import ClientLink, connect
 from entryguard.relay.wsoptions import link_options
 
 log = logging.getLogger("entryguard.agent")
@@ -225,17 +225,21 @@ class TunnelClient:
                     ssl_ctx = None
                     if self.edge_url.startswith("wss://"):
                         ssl_ctx = ssl.create_default_context(cafile=self.cfg.tunnel.ca_file)
-                    async with websockets.connect(
+                    ws = await connect(
                         f"{self.edge_url}/agent/connect",
+                        link_options(),
                         ssl=ssl_ctx,
                         open_timeout=15,
-                        additional_headers={"Authorization": f"Bearer {self.cfg.server.api_key}"},
-                        user_agent_header=f"eg-agent/{__version__}",
-                        create_connection=AgentClientConnection,
-                        **link_options(),
-                    ) as ws:
+                        headers=[
+                            ("Authorization", f"Bearer {self.cfg.server.api_key}"),
+                            ("User-Agent", f"eg-agent/{__version__}"),
+                        ],
+                    )
+                    try:
                         backoff.reset()
                         await self._serve(ws)
+                    finally:
+                        await ws.close(1000)
                     if self._draining:
                         log.info("[tunnel] disconnected from edge at %s", self.edge_url)
                     else:
@@ -257,7 +261,7 @@ class TunnelClient:
             with contextlib.suppress(asyncio.CancelledError):
                 await refresher
 
-    async def _serve(self, ws: ClientConnection) -> None:
+    async def _serve(self, ws: ClientLink) -> None:
         mux = MuxConnection(role="agent")
         link = MuxLink(ws, mux, "edge", on_open=self._on_open, on_control=self._on_control)
         self.link = link

@@ -17,8 +17,6 @@ from collections.abc import Coroutine, Sequence
 from http import HTTPStatus
 from typing import Any, Literal
 
-import websockets
-from websockets.asyncio.server import Server, ServerConnection
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
@@ -30,7 +28,8 @@ from entryguard.edge.metrics import EdgeMetrics
 from entryguard.edge.state import AgentCredential, EdgeState, Tunnel
 from entryguard.mux import MuxConnection, ResetCode, hello
 from entryguard.net.allowlist import ip_of
-from entryguard.relay.link import EdgeServerConnection, MuxLink
+from entryguard.relay.link import MuxLink
+from entryguard.relay.wslink import LinkServer, ServerLink
 from entryguard.relay.wsoptions import PING_INTERVAL, PING_TIMEOUT, link_options
 from entryguard.sync.stream import Health
 
@@ -50,7 +49,7 @@ def ping_timeout_from_env() -> float:
     return float(os.environ.get("EG_EDGE_PING_TIMEOUT", str(PING_TIMEOUT)))
 
 
-class AgentConnection(EdgeServerConnection):
+class AgentConnection(ServerLink):
     """An agent's WebSocket, carrying the credential its handshake was admitted with
     (set in ``Edge.process_request``, read by the handler once the link is open)."""
 
@@ -118,7 +117,7 @@ class Edge:
         self.follower.on_synced = self._synced
         self._expiry_timer: asyncio.TimerHandle | None = None
         self._expiry_rearm: asyncio.Handle | None = None
-        self.server: Server | None = None
+        self.server: LinkServer | None = None
         self.started_at = clock.time()
         st = self.state
         st.on_tunnel_added = self._tunnel_added
@@ -396,7 +395,7 @@ class Edge:
             )
         return cred
 
-    def process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+    def process_request(self, connection: ServerLink, request: Request) -> Response | None:
         path = request.path.split("?", 1)[0]
         if path == "/health":
             status, body = self.health()
@@ -428,7 +427,7 @@ class Edge:
         connection.credential = result
         return None
 
-    async def _agent_handler(self, ws: ServerConnection) -> None:
+    async def _agent_handler(self, ws: ServerLink) -> None:
         assert isinstance(ws, AgentConnection) and ws.credential is not None
         cred = ws.credential
         peer = ws.remote_address[0] if ws.remote_address else "?"
@@ -456,16 +455,16 @@ class Edge:
     ) -> None:
         self._spawn(self.follower.run(), "edge-follower")
         self._arm_grace()  # counts from start-up until the first snapshot
-        kw: dict[str, Any] = {"sock": sock} if sock is not None else {"host": host, "port": port}
-        self.server = await websockets.serve(
+        self.server = LinkServer(
             self._agent_handler,
+            link_options(ping_interval=self.ping_interval, ping_timeout=self.ping_timeout),
             process_request=self.process_request,
-            ssl=ssl_context,
-            server_header=None,
-            create_connection=AgentConnection,
-            **link_options(ping_interval=self.ping_interval, ping_timeout=self.ping_timeout),
-            **kw,
+            link_factory=AgentConnection,
         )
+        if sock is not None:
+            await self.server.start(sock=sock, ssl=ssl_context)
+        else:
+            await self.server.start(host=host, port=port, ssl=ssl_context)
 
     async def wait_synced(self, timeout: float) -> bool:
         try:

@@ -5,14 +5,11 @@ socket with a non-blocking ``transport.write`` and credit is returned only once 
 socket has taken it (see ``SocketStream``), so a stalled client or target holds back
 its own stream through flow control and nothing else.
 
-Two shortcuts keep per-message cost and latency down (the WebSocket library's
-per-message work dominates the tunnel's speed, DESIGN.md "Data-plane speed"):
-- incoming binary messages are delivered straight from the connection's
-  ``data_received`` (``FastDelivery``), not through the library's message queue and
-  a task switch per message;
-- ``kick()`` writes queued frames at once while the socket takes them, and only
-  when the transport pushes back does the writer task wait for it to drain.
-The mux's outgoing queue puts control frames ahead of bulk DATA either way.
+The WebSocket is ours (``wslink``): each binary message is delivered synchronously
+from the socket's ``data_received``, with no queue and no task switch, and ``kick()``
+writes queued frames at once while the transport takes them; when it pushes back
+(``pause_writing``), writing stops until ``resume_writing`` kicks again. The mux's
+outgoing queue puts control frames ahead of bulk DATA either way.
 """
 
 from __future__ import annotations
@@ -22,14 +19,6 @@ import contextlib
 import logging
 from collections.abc import Callable
 from typing import Any, Protocol
-
-from websockets.asyncio.client import ClientConnection
-from websockets.asyncio.connection import Connection
-from websockets.asyncio.server import ServerConnection
-from websockets.exceptions import ConnectionClosed
-from websockets.frames import Frame, Opcode
-from websockets.protocol import Side, State
-from websockets.streams import StreamReader
 
 from entryguard.clock import SYSTEM, Clock
 from entryguard.mux import (
@@ -46,12 +35,9 @@ from entryguard.mux import (
     StreamReset,
     WindowUpdated,
 )
-from entryguard.relay.tasks import TaskSet
-from entryguard.relay.wsframes import FrameSplitter, MaskKeys, binary_frames
+from entryguard.relay.wslink import WsLink
 
 log = logging.getLogger("entryguard.relay")
-
-MAX_MESSAGE = 2 * 1024 * 1024  # both ends' max_size; a mux frame is at most 256 KiB + header
 
 
 class StreamHandler(Protocol):
@@ -62,95 +48,10 @@ class StreamHandler(Protocol):
     def on_reset(self, code: int, text: str) -> None: ...
 
 
-class FastDelivery:
-    """Mixin for websockets' asyncio connections: whole binary messages go to ``on_binary``
-    synchronously. Anything else (text, fragments) is a peer bug on this link: the link
-    is closed with 1003 rather than left to the library's queue, which nothing reads.
-
-    Once the link is open and the library's parser waits at a frame boundary, a
-    ``FrameSplitter`` takes the socket's bytes first: binary frames skip the library's
-    parser altogether, every other frame is handed to it whole (see ``wsframes``).
-    """
-
-    on_binary: Callable[[Any], None] | None = None
-    _splitter: FrameSplitter | None = None
-    _tasks: TaskSet | None = None  # closes it started; made on first use, as that is rare
-
-    def data_received(self, data: bytes) -> None:
-        if self._splitter is not None:
-            self._splitter.feed(data)
-            return
-        super().data_received(data)  # type: ignore[misc]
-        if self.on_binary is not None:
-            self.take_over()
-
-    def take_over(self) -> None:
-        """Start splitting frames here if the library is exactly between two frames."""
-        ws: Any = self
-        protocol = ws.protocol
-        if self._splitter is not None or self.on_binary is None:
-            return
-        if protocol.state is not State.OPEN or protocol.reader.buffer or protocol.reader.eof:
-            return
-        # Between frames, with nothing buffered, the parser waits in reader.at_eof() at
-        # the top of its loop (under the client's or server's handshake parser, which
-        # delegates to it); anywhere else (mid-frame) the library must go on.
-        gen = protocol.parser
-        for _ in range(4):
-            inner = getattr(gen, "gi_yieldfrom", None)
-            if inner is None:
-                break
-            gen = inner
-        if getattr(gen, "gi_code", None) is not StreamReader.at_eof.__code__:
-            return
-        self._splitter = FrameSplitter(
-            masked=protocol.side is Side.SERVER,
-            max_size=protocol.max_message_size or MAX_MESSAGE,
-            on_binary=self.on_binary,
-            on_other=self._library_frames,
-        )
-
-    def _library_frames(self, data: bytes) -> None:
-        super().data_received(data)  # type: ignore[misc]
-        splitter = self._splitter
-        ws: Any = self
-        if splitter is not None and ws.protocol.state is not State.OPEN:
-            splitter.passthrough = True  # closing: the rest is the library's
-
-    def process_event(self, event: Any) -> None:
-        if self.on_binary is not None and isinstance(event, Frame):
-            if event.opcode is Opcode.BINARY and event.fin:
-                self.on_binary(event.data)
-                return
-            if event.opcode in (Opcode.TEXT, Opcode.BINARY, Opcode.CONT):
-                log.warning("tunnel link: text or fragmented message: closing the link")
-                ws: Any = self
-                if self._splitter is not None:
-                    self._splitter.passthrough = True
-                if self._tasks is None:
-                    self._tasks = TaskSet(log)
-                self._tasks.spawn(ws.close(1003, "binary single-frame messages only"))
-                return
-        super().process_event(event)  # type: ignore[misc]
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        super().connection_lost(exc)  # type: ignore[misc]
-        if self._tasks is not None:
-            self._tasks.cancel()  # a close in progress has nothing left to wait for
-
-
-class EdgeServerConnection(FastDelivery, ServerConnection):
-    pass
-
-
-class AgentClientConnection(FastDelivery, ClientConnection):
-    pass
-
-
 class MuxLink:
     def __init__(
         self,
-        ws: Connection,
+        ws: WsLink,
         mux: MuxConnection,
         name: str,
         on_open: Callable[[int, Any], None] | None = None,
@@ -166,16 +67,11 @@ class MuxLink:
         self.streams: dict[int, StreamHandler] = {}
         self._on_open = on_open
         self._on_control = on_control
-        self._wake = asyncio.Event()
         self._flushing = False
-        self._blocked = False  # the transport pushed back: the writer task waits to drain
         self.closed = asyncio.Event()
         self.bytes_in = 0
         self.bytes_out = 0
         self.protocol_errors = 0
-        self._tasks = TaskSet(log)
-        # RFC 6455 §5.3: a client masks every frame it sends, a server none.
-        self._mask_keys = MaskKeys() if ws.protocol.side is Side.CLIENT else None
 
     # --- used by streams ------------------------------------------------------
 
@@ -189,32 +85,24 @@ class MuxLink:
         return stream_id
 
     def kick(self) -> None:
-        """Something was queued on the mux: write it now if the socket takes it."""
-        if self._flushing or self._blocked:
-            return
+        """Something was queued on the mux: write it now if the transport takes it.
+        While the transport pushes back nothing is written; ``resume_writing`` kicks."""
         ws = self.ws
-        if ws.protocol.state is not State.OPEN:
+        if self._flushing or ws.writing_paused or not ws.is_open:
             return
         self._flushing = True
         try:
-            mux, protocol, transport = self.mux, ws.protocol, ws.transport
-            while True:
+            mux = self.mux
+            while not ws.writing_paused:
                 out = mux.messages_to_send()
                 if not out:
                     return
-                if protocol.writes:  # the library's own frames (a pong) go first
-                    ws.send_data()
                 self.bytes_out += sum(map(len, out))
-                # Framed here rather than by protocol.send_binary(): the same bytes,
-                # without a Frame object and a copy per message (see wsframes).
-                transport.writelines(binary_frames(out, self._mask_keys))
-                if getattr(ws, "paused", False):  # over the write limit: wait for drain
-                    self._blocked = True
-                    self._wake.set()
-                    return
+                ws.write_messages(out)
         except Exception as exc:  # the transport is going away; run() will notice
             log.debug("%s: write failed: %s", self.name, exc)
-            ws.transport.abort()
+            if ws.transport is not None:
+                ws.transport.abort()
         finally:
             self._flushing = False
 
@@ -233,48 +121,28 @@ class MuxLink:
     # --- the loops -------------------------------------------------------------
 
     async def run(self) -> None:
-        writer = asyncio.create_task(self._writer(), name=f"{self.name}-writer")
         try:
-            if isinstance(self.ws, FastDelivery):
-                self.ws.on_binary = self._on_message
-                # Messages that came with the handshake's last read sit in the library's
-                # queue: deliver them first, in order.
-                queued = self.ws.recv_messages.frames.queue
-                while queued:
-                    frame = queued.popleft()
-                    self.ws.process_event(frame)
-                self.ws.take_over()
-                await self.ws.wait_closed()
-            else:
-                async for message in self.ws:
-                    if isinstance(message, str):
-                        log.warning("%s: text message on the tunnel link ignored", self.name)
-                        continue
-                    self._on_message(message)
-        except ConnectionClosed:
-            pass
+            self.ws.attach(self._on_message, self.kick)
+            self.kick()  # what was queued before the link was attached (a hello)
+            await self.ws.wait_closed()
         finally:
-            writer.cancel()
             if self._timer_handle is not None:
                 self._timer_handle.cancel()
                 self._timer_handle = None
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await writer
-            await self._tasks.close()
             self.closed.set()
             handlers = list(self.streams.values())
             self.streams.clear()
             for h in handlers:
                 h.on_reset(int(ResetCode.UNREACHABLE), "agent link closed")
 
-    def _on_message(self, message: bytes) -> None:
+    def _on_message(self, message: bytes | memoryview) -> None:
         if self.mux.closed:
             return
         self._dispatch(self.mux.receive_message(message, self.clock.monotonic()))
         if self.mux.closed:
             # Flush the CONTROL error frame, then close cleanly.
             self.kick()
-            self._tasks.spawn(self.ws.close(1002, "protocol error"), name=f"{self.name}-close")
+            self.ws.start_close(1002, "protocol error")
             return
         self.kick()
 
@@ -322,15 +190,6 @@ class MuxLink:
                 log.warning("%s: protocol error: %s", self.name, ev.message)
             elif isinstance(ev, ConnectionTerminated):
                 log.error("%s: closing the link: %s", self.name, ev.reason)
-
-    async def _writer(self) -> None:
-        """Only runs when the transport pushed back: wait for it to drain, then go on."""
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            await self.ws.drain()
-            self._blocked = False
-            self.kick()
 
     def _arm_timer(self) -> None:
         due = self.mux.get_timer()

@@ -1,7 +1,8 @@
 """An edge link and an agent link back to back in memory (h11's ``ConnectionPair``).
 
-Everything between the two sockets is the real code: the websockets connections with
-the link's framing, ``MuxLink`` and the mux on both ends. Only the transports are fakes:
+Everything between the two sockets is the real code: the links' own WebSocket
+(``wslink``: the library's Sans-I/O handshake and control frames, our framing),
+``MuxLink`` and the mux on both ends. Only the transports are fakes:
 ``FakeSocket`` stands for a client's or target's TCP socket and records what the relay
 does to it; the WebSocket between the links is a byte list that ``pump`` delivers.
 """
@@ -13,15 +14,11 @@ import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
-from websockets.asyncio.connection import Connection
-from websockets.client import ClientProtocol
-from websockets.http11 import Request
-from websockets.server import ServerProtocol
-from websockets.uri import parse_uri
-
 from entryguard.mux import MuxConnection, StreamOpened
-from entryguard.relay.link import AgentClientConnection, EdgeServerConnection, MuxLink
+from entryguard.relay.link import MuxLink
 from entryguard.relay.stream import SocketStream
+from entryguard.relay.wslink import ClientLink, ServerLink, WsLink
+from entryguard.relay.wsoptions import LinkOptions
 
 CLIENT = ("203.0.113.7", 50000)
 
@@ -100,6 +97,12 @@ class Wire:
     def is_closing(self) -> bool:
         return False
 
+    def can_write_eof(self) -> bool:
+        return True
+
+    def write_eof(self) -> None:
+        pass
+
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         return default
 
@@ -122,34 +125,20 @@ class Wire:
         pass
 
 
-def _handshake() -> tuple[ClientProtocol, ServerProtocol]:
-    """The WebSocket opening handshake, done by the sans-I/O protocols themselves."""
-    client = ClientProtocol(parse_uri("ws://edge.test/agent/connect"), max_size=2**21)
-    server = ServerProtocol(max_size=2**21)
-    client.send_request(client.connect())
-    server.receive_data(b"".join(client.data_to_send()))
-    [request] = server.events_received()
-    assert isinstance(request, Request)
-    server.send_response(server.accept(request))
-    client.receive_data(b"".join(server.data_to_send()))
-    client.events_received()
-    return client, server
-
-
 class LinkPair:
     """``edge`` and ``agent`` links over one in-memory WebSocket; ``pump`` delivers."""
 
     def __init__(
         self, *, window: int = 64 * 1024, max_streams: int = 16384, open_timeout: float = 15.0
     ) -> None:
-        kw: dict[str, Any] = {"ping_interval": None, "ping_timeout": None, "close_timeout": 1}
-        client, server = _handshake()
-        self.agent_ws = AgentClientConnection(client, **kw)
-        self.edge_ws = EdgeServerConnection(server, None, **kw)  # type: ignore[arg-type]
+        options = LinkOptions(ping_interval=None, ping_timeout=None, close_timeout=1)
+        self.agent_ws: WsLink = ClientLink("ws://edge.test/agent/connect", options, ())
+        self.edge_ws: WsLink = ServerLink(options)
         self.to_edge, self.to_agent = Wire(), Wire()
         self.agent_ws.connection_made(self.to_edge)  # type: ignore[arg-type]
-        # The base class's: ServerConnection's would start a websockets Server's handler.
-        Connection.connection_made(self.edge_ws, self.to_agent)  # type: ignore[arg-type]
+        self.edge_ws.connection_made(self.to_agent)  # type: ignore[arg-type]
+        self.pump()  # the opening handshake, through the links' own code
+        assert self.agent_ws.is_open and self.edge_ws.is_open
         self.opened: list[StreamOpened] = []
         self.edge = MuxLink(
             self.edge_ws,
@@ -168,7 +157,7 @@ class LinkPair:
 
     async def start(self) -> None:
         self._runs = [asyncio.create_task(link.run()) for link in (self.edge, self.agent)]
-        await asyncio.sleep(0)  # each run() hooks its connection's delivery, then waits
+        await asyncio.sleep(0)  # each run() attaches to its WebSocket, then waits
 
     async def stop(self) -> None:
         for t in self._runs:
