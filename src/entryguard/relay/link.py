@@ -68,6 +68,9 @@ class MuxLink:
         self._on_open = on_open
         self._on_control = on_control
         self._flushing = False
+        # The messages of one socket read are being delivered: what they queue (credit,
+        # OPENED, RESET) goes out in one write when the read is done, not one each.
+        self._reading = False
         self.closed = asyncio.Event()
         self.bytes_in = 0
         self.bytes_out = 0
@@ -88,7 +91,7 @@ class MuxLink:
         """Something was queued on the mux: write it now if the transport takes it.
         While the transport pushes back nothing is written; ``resume_writing`` kicks."""
         ws = self.ws
-        if self._flushing or ws.writing_paused or not ws.is_open:
+        if self._flushing or self._reading or ws.writing_paused or not ws.is_open:
             return
         self._flushing = True
         try:
@@ -122,7 +125,7 @@ class MuxLink:
 
     async def run(self) -> None:
         try:
-            self.ws.attach(self._on_message, self.kick)
+            self.ws.attach(self._on_message, self.kick, self._read_done)
             self.kick()  # what was queued before the link was attached (a hello)
             await self.ws.wait_closed()
         finally:
@@ -138,12 +141,15 @@ class MuxLink:
     def _on_message(self, message: bytes | memoryview) -> None:
         if self.mux.closed:
             return
+        self._reading = True
         self._dispatch(self.mux.receive_message(message, self.clock.monotonic()))
         if self.mux.closed:
             # Flush the CONTROL error frame, then close cleanly.
-            self.kick()
+            self._read_done()
             self.ws.start_close(1002, "protocol error")
-            return
+
+    def _read_done(self) -> None:
+        self._reading = False
         self.kick()
 
     def _dispatch(self, events: list[Any]) -> None:

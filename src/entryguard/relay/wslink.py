@@ -47,6 +47,10 @@ _OPEN = State.OPEN
 _CONNECTING = State.CONNECTING
 
 
+def _nothing() -> None:
+    pass
+
+
 class WsLink(asyncio.Protocol):
     """One WebSocket connection of the agent link (see the module docstring)."""
 
@@ -57,7 +61,8 @@ class WsLink(asyncio.Protocol):
         self.options = options
         self.transport: asyncio.Transport | None = None
         self.writing_paused = False
-        self.on_writable: Callable[[], None] = lambda: None
+        self.on_writable: Callable[[], None] = _nothing
+        self.on_read_done: Callable[[], None] = _nothing
         self.splitter: FrameSplitter | None = None  # set by attach(): the data phase
         self._head = bytearray()  # handshake bytes until the end of the HTTP head
         self._head_fed = False  # the head went to the library: the rest follows it there
@@ -91,12 +96,17 @@ class WsLink(asyncio.Protocol):
         return None if self.transport is None else self.transport.get_extra_info("peername")
 
     def attach(
-        self, on_binary: Callable[[bytes | memoryview], None], on_writable: Callable[[], None]
+        self,
+        on_binary: Callable[[bytes | memoryview], None],
+        on_writable: Callable[[], None],
+        on_read_done: Callable[[], None] = _nothing,
     ) -> None:
         """Start the data phase: binary messages go to ``on_binary`` (a ``bytes`` or a
-        read-only view, valid for the call only), ``on_writable`` runs when the
-        transport takes writes again. What arrived since the handshake comes first."""
+        read-only view, valid for the call only), ``on_read_done`` runs after the
+        messages of each socket read, ``on_writable`` when the transport takes writes
+        again. What arrived since the handshake comes first."""
         self.on_writable = on_writable
+        self.on_read_done = on_read_done
         self.splitter = FrameSplitter(
             masked=self.masked_in,
             max_size=self.options.max_size,
@@ -108,6 +118,7 @@ class WsLink(asyncio.Protocol):
         early, self._early = self._early, []
         for data in early:
             self.splitter.feed(data)
+        on_read_done()
         if self.transport is not None and not self.transport.is_closing():
             with contextlib.suppress(RuntimeError):
                 self.transport.resume_reading()
@@ -145,6 +156,7 @@ class WsLink(asyncio.Protocol):
         splitter = self.splitter
         if splitter is not None:
             splitter.feed(data)
+            self.on_read_done()
         elif self.protocol.state is _OPEN or self._early:
             self._early.append(data)  # TLS may hand over what it had decrypted
         elif self._head_fed:
