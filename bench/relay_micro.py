@@ -88,8 +88,8 @@ async def measure(n: int, size: int) -> dict[str, float]:
     deliver(to_agent, agent_ws)
     alink = MuxLink(agent_ws, MuxConnection("agent"), "edge")
     elink = MuxLink(edge_ws, MuxConnection("edge"), "agent")
-    for ws, link in ((agent_ws, alink), (edge_ws, elink)):
-        ws.attach(link._on_message, link.kick)
+    alink.attach()
+    elink.attach()
     opens: list[int] = []
     alink._on_open = lambda sid, _ev: opens.append(sid)
 

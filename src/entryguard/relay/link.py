@@ -123,10 +123,14 @@ class MuxLink:
 
     # --- the loops -------------------------------------------------------------
 
+    def attach(self) -> None:
+        """Take the WebSocket's messages from here on (``run`` does it first)."""
+        self.ws.attach(self._on_message, self.kick, self._read_done)
+        self.kick()  # what was queued before the link was attached (a hello)
+
     async def run(self) -> None:
         try:
-            self.ws.attach(self._on_message, self.kick, self._read_done)
-            self.kick()  # what was queued before the link was attached (a hello)
+            self.attach()
             await self.ws.wait_closed()
         finally:
             if self._timer_handle is not None:
