@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -20,6 +21,8 @@ from entryguard.control.services.apikeys import create_edge_token
 from entryguard.edge.service import Edge
 from entryguard.mux import FrameType, ResetCode
 from entryguard.mux import frames as F
+from entryguard.relay.wslink import connect
+from entryguard.relay.wsoptions import link_options
 from tests.conftest import free_port, require_tool
 from tests.integration.conftest import Api, serve_api
 
@@ -152,11 +155,24 @@ async def test_edge_refuses_bad_agent_credentials_and_origin(
     url = f"ws://127.0.0.1:{port}/agent/connect"
 
     async def status(headers: dict[str, str]) -> int:
+        """The library's client and the agent's own (``wslink.connect``) must agree."""
         try:
             async with websockets.connect(url, additional_headers=headers, open_timeout=5):
-                return 101
+                code = 101
         except websockets.InvalidStatus as exc:
-            return exc.response.status_code
+            code = exc.response.status_code
+        try:
+            link = await connect(url, link_options(), headers=list(headers.items()))
+            await link.close()
+            assert code == 101
+        except websockets.InvalidStatus as exc:
+            assert exc.response.status_code == code
+            if code in (401, 403):
+                assert json.loads(exc.response.body)["error"]["code"] in (
+                    "unauthorized",
+                    "forbidden",
+                )
+        return code
 
     assert await status({}) == 401
     assert await status({"Authorization": f"Bearer {sessions_key}"}) == 403
