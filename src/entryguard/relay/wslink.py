@@ -157,10 +157,14 @@ class WsLink(asyncio.Protocol):
         if splitter is not None:
             splitter.feed(data)
             self.on_read_done()
-        elif self.protocol.state is _OPEN or self._early:
-            self._early.append(data)  # TLS may hand over what it had decrypted
+        elif self.protocol.state is _OPEN:
+            # Frames that came with the handshake's last read, or that a TLS transport
+            # had decrypted before reading paused: kept for attach().
+            self._early.append(data)
         elif self._head_fed:
-            self._library_frames(data)
+            early, self._early = self._early, []  # closing before attach: all the library's
+            for chunk in (*early, data):
+                self._library_frames(chunk)
         else:
             self._head_received(data)
 
@@ -221,7 +225,10 @@ class WsLink(asyncio.Protocol):
 
     def _library_frames(self, data: bytes) -> None:
         protocol = self.protocol
-        protocol.receive_data(data)
+        try:
+            protocol.receive_data(data)
+        except EOFError:  # after receive_eof (frames kept for an attach after the end)
+            return
         events = protocol.events_received()
         self._after_library()
         for event in events:

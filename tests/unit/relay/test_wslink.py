@@ -136,3 +136,14 @@ async def test_a_plain_http_request_gets_the_answer_of_process_request_and_eof()
     reply = b"".join(transport.out)
     assert reply.startswith(b"HTTP/1.1 200 OK\r\n") and reply.endswith(b'{"path": "/health"}')
     assert eofs == [True] and not edge.is_open
+
+
+async def test_a_link_that_ends_before_attach_drops_what_it_kept() -> None:
+    pair = Pair(quiet())
+    pair.pump()
+    pair.edge.write_messages([b"early"])
+    pair.pump()
+    pair.agent.eof_received()  # the edge went away before the mux took the link
+    got: list[bytes] = []
+    pair.agent.attach(lambda m: got.append(bytes(m)), lambda: None)
+    assert got == [] and not pair.agent.is_open
