@@ -21,6 +21,7 @@ from entryguard.agent.control_client import TunnelTarget
 from entryguard.agent.tunnel import TunnelClient
 from entryguard.mux import FrameType, hello
 from entryguard.mux import frames as F
+from tests.conftest import require_tool
 
 OPENS = 10_000
 RUNS = 20
@@ -77,10 +78,22 @@ class FakeControl:
         return [TunnelTarget(SERVED, "db", "127.0.0.1", self.target_port)]
 
 
-async def test_ten_thousand_opens_at_link_open_are_all_answered_in_twenty_runs(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_ten_thousand_opens_at_link_open_are_all_answered_in_twenty_runs(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, loop: str
 ) -> None:
+    """On asyncio's loop and on uvloop (what the agent runs on)."""
     caplog.set_level(logging.ERROR, logger="entryguard.agent")  # 9,800 refusals a run
+    if loop == "uvloop":
+        require_tool("uvloop", module=True)
+        import uvloop
+
+        uvloop.run(_bursts(tmp_path))
+    else:
+        asyncio.run(_bursts(tmp_path))
+
+
+async def _bursts(tmp_path: Path) -> None:
     held: list[asyncio.StreamWriter] = []
 
     async def accept(_r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
