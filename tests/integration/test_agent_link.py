@@ -7,6 +7,7 @@ import contextlib
 import json
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -247,64 +248,86 @@ async def test_edge_health_degrades_and_keeps_state_when_control_plane_is_gone(
         await edge.close()
 
 
-async def _relay_sockets_have_nodelay(tmp_path: Path) -> tuple[int, int]:
-    """One connection through an in-process edge and agent; TCP_NODELAY on both relayed
-    sockets (the client's at the edge, the target's at the agent)."""
-    import socket
+@dataclass
+class Stack:
+    """An in-process edge and agent serving one tunnel (``port`` on the edge)."""
 
+    edge: Edge
+    agent: TunnelClient
+    tunnel_id: int
+    port: int
+
+
+@contextlib.asynccontextmanager
+async def edge_and_agent(tmp_path: Path, target_port: int) -> AsyncIterator[Stack]:
+    """A control plane on SQLite, an edge and an agent in this process, and a tunnel
+    to 127.0.0.1:``target_port`` that admits 127.0.0.2; yields once the link is up."""
     async with api_sqlite(tmp_path) as api:
         async with api.db.write() as s:
             token = await create_edge_token(s, "t")
         key = await api.agent_key("prod-agent")
-
-        async def echo(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
-            w.write(await r.read(100))
-            await w.drain()
-
-        target = await asyncio.start_server(echo, "127.0.0.1", 0)
         res = await api.ok(
             "POST",
             "/admin/resources",
             json={
-                "name": "echo",
+                "name": "t",
                 "type": "tunnel",
                 "agent": "prod-agent",
                 "target_host": "127.0.0.1",
-                "target_port": target.sockets[0].getsockname()[1],
+                "target_port": target_port,
             },
         )
-        await api.ok("POST", "/admin/rules", json={"resource": "echo", "cidr": "127.0.0.2/32"})
+        await api.ok("POST", "/admin/rules", json={"resource": "t", "cidr": "127.0.0.2/32"})
         edge = Edge(api.url, token, poll_wait=2)
-        eport = free_port()
-        await edge.start("127.0.0.1", eport)
+        await edge.start("127.0.0.1", free_port())
         cfg = parse_config(
             {
                 "server": {"url": api.url, "api_key": key},
                 "agent": {"name": "prod-agent"},
-                "tunnel": {"enabled": True, "edge_url": f"ws://127.0.0.1:{eport}"},
+                "tunnel": {"enabled": True, "edge_url": f"ws://127.0.0.1:{edge.port}"},
             },
             tmp_path / "agent.yml",
         )
         control = ControlClient(cfg)
         client = TunnelClient(cfg, control)
         task = asyncio.create_task(client.run())
+        stack = Stack(edge, client, res["resource"]["id"], res["resource"]["port"])
         try:
             assert await edge.wait_synced(10)
             await asyncio.wait_for(client.connected.wait(), 10)
             for _ in range(100):  # the edge learns of the rule and the agent's link
-                if edge.links and edge.state.tunnels:
+                if edge.links and stack.tunnel_id in edge.listeners:
                     break
                 await asyncio.sleep(0.05)
-            r, w = await asyncio.open_connection(
-                "127.0.0.1", res["resource"]["port"], local_addr=("127.0.0.2", 0)
-            )
+            yield stack
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            await control.close()
+            await edge.close()
+
+
+async def _relay_sockets_have_nodelay(tmp_path: Path) -> tuple[int, int]:
+    """One connection through an in-process edge and agent; TCP_NODELAY on both relayed
+    sockets (the client's at the edge, the target's at the agent)."""
+    import socket
+
+    async def echo(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        w.write(await r.read(100))
+        await w.drain()
+
+    target = await asyncio.start_server(echo, "127.0.0.1", 0)
+    try:
+        async with edge_and_agent(tmp_path, target.sockets[0].getsockname()[1]) as st:
+            r, w = await asyncio.open_connection("127.0.0.1", st.port, local_addr=("127.0.0.2", 0))
             w.write(b"ping")
             assert await asyncio.wait_for(r.readexactly(4), 5) == b"ping"
-            (at_edge,) = edge.conns[res["resource"]["id"]]
-            (at_agent,) = client.streams
+            (at_edge,) = st.edge.conns[st.tunnel_id]
+            (at_agent,) = st.agent.streams
             # Both ends of the link split frames themselves once it is open (wsframes).
-            assert client.link is not None
-            for link in (*edge.links.values(), client.link):
+            assert st.agent.link is not None
+            for link in (*st.edge.links.values(), st.agent.link):
                 assert link.ws.splitter is not None
             flags = []
             for stream in (at_edge, at_agent):
@@ -313,13 +336,8 @@ async def _relay_sockets_have_nodelay(tmp_path: Path) -> tuple[int, int]:
                 flags.append(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
             w.close()
             return flags[0], flags[1]
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-            await control.close()
-            await edge.close()
-            target.close()
+    finally:
+        target.close()
 
 
 @pytest.mark.parametrize("loop", ["asyncio", "uvloop"])

@@ -6,26 +6,19 @@ receivers read again every byte arrives, byte-identical."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import os
+from collections.abc import Callable
 from pathlib import Path
 
-from entryguard.agent.config import parse_config
-from entryguard.agent.control_client import ControlClient
-from entryguard.agent.tunnel import TunnelClient
-from entryguard.control.services.apikeys import create_edge_token
-from entryguard.edge.service import Edge
-from tests.conftest import free_port
-from tests.integration.test_agent_link import api_sqlite
+from tests.integration.test_agent_link import edge_and_agent
 
 # More than the window (1 MiB) plus every socket buffer on the way (loopback buffers
 # grow to a few MiB each), so the stall reaches the sender's socket.
 SIZE = 48 * 1024 * 1024
 
 
-async def _wait_for(check: object, what: str, timeout: float = 10.0) -> None:
-    assert callable(check)
+async def _wait_for(check: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
     for _ in range(int(timeout / 0.02)):
         if check():
             return
@@ -57,44 +50,12 @@ async def test_a_stalled_reader_pauses_its_sender_both_ways_and_the_other_stream
         w.close()
 
     target_server = await asyncio.start_server(target, "127.0.0.1", 0)
-    async with api_sqlite(tmp_path) as api:
-        async with api.db.write() as s:
-            token = await create_edge_token(s, "t")
-        key = await api.agent_key("prod-agent")
-        res = await api.ok(
-            "POST",
-            "/admin/resources",
-            json={
-                "name": "t",
-                "type": "tunnel",
-                "agent": "prod-agent",
-                "target_host": "127.0.0.1",
-                "target_port": target_server.sockets[0].getsockname()[1],
-            },
-        )
-        tid, tport = res["resource"]["id"], res["resource"]["port"]
-        await api.ok("POST", "/admin/rules", json={"resource": "t", "cidr": "127.0.0.2/32"})
-        edge = Edge(api.url, token, poll_wait=2)
-        await edge.start("127.0.0.1", free_port())
-        cfg = parse_config(
-            {
-                "server": {"url": api.url, "api_key": key},
-                "agent": {"name": "prod-agent"},
-                "tunnel": {"enabled": True, "edge_url": f"ws://127.0.0.1:{edge.port}"},
-            },
-            tmp_path / "agent.yml",
-        )
-        control = ControlClient(cfg)
-        client = TunnelClient(cfg, control)
-        task = asyncio.create_task(client.run())
-        try:
-            assert await edge.wait_synced(10)
-            await asyncio.wait_for(client.connected.wait(), 10)
-            await _wait_for(lambda: edge.links and tid in edge.listeners, "the agent's link")
+    try:
+        async with edge_and_agent(tmp_path, target_server.sockets[0].getsockname()[1]) as st:
 
             async def dial() -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
                 return await asyncio.open_connection(
-                    "127.0.0.1", tport, local_addr=("127.0.0.2", 0)
+                    "127.0.0.1", st.port, local_addr=("127.0.0.2", 0)
                 )
 
             # Upstream: the target does not read what the client sends.
@@ -109,12 +70,13 @@ async def test_a_stalled_reader_pauses_its_sender_both_ways_and_the_other_stream
             def client_paused_at_edge() -> bool:
                 return any(
                     c.port == up_port and c.transport is not None and not c.transport.is_reading()
-                    for c in edge.conns.get(tid, ())
+                    for c in st.edge.conns.get(st.tunnel_id, ())
                 )
 
             def target_paused_at_agent() -> bool:
                 return any(
-                    s.transport is not None and not s.transport.is_reading() for s in client.streams
+                    s.transport is not None and not s.transport.is_reading()
+                    for s in st.agent.streams
                 )
 
             await _wait_for(client_paused_at_edge, "the edge pause the uploading client")
@@ -137,10 +99,5 @@ async def test_a_stalled_reader_pauses_its_sender_both_ways_and_the_other_stream
             assert digest == hashlib.sha256(upload).hexdigest().encode()
             for w in (up_w, down_w):
                 w.close()
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-            await control.close()
-            await edge.close()
-            target_server.close()
+    finally:
+        target_server.close()

@@ -376,8 +376,8 @@ class ServerLink(WsLink):
 
 
 class ClientLink(WsLink):
-    """The agent's side: sends the handshake request at once; ``opened_or_failed``
-    settles with the response (``InvalidStatus`` and friends when refused)."""
+    """The agent's side: sends the handshake request at once; ``handshake`` settles
+    with the response (``InvalidStatus`` and friends when refused)."""
 
     def __init__(self, url: str, options: LinkOptions, headers: Sequence[tuple[str, str]]) -> None:
         super().__init__(ClientProtocol(parse_uri(url), max_size=options.max_size), options)
@@ -394,24 +394,22 @@ class ClientLink(WsLink):
         self._write_library_output()
 
     def handshake_event(self, event: Request | Response) -> None:
+        self._settle(None)
+
+    def handshake_ended(self, exc: Exception | None) -> None:
+        self._settle(ConnectionError(f"connection closed during the handshake: {exc or 'EOF'}"))
+
+    def _settle(self, lost: Exception | None) -> None:
         if self.handshake.done():
             return
-        exc = cast(ClientProtocol, self.protocol).handshake_exc
-        if exc is not None:
-            self.handshake.set_exception(exc)
+        refused = cast(ClientProtocol, self.protocol).handshake_exc
+        if refused is not None:
+            self.handshake.set_exception(refused)
+        elif lost is not None:
+            self.handshake.set_exception(lost)
         elif self.protocol.state is _OPEN:
             self.opened()
             self.handshake.set_result(None)
-
-    def handshake_ended(self, exc: Exception | None) -> None:
-        if self.handshake.done():
-            return
-        handshake_exc = cast(ClientProtocol, self.protocol).handshake_exc
-        if handshake_exc is not None:
-            self.handshake.set_exception(handshake_exc)
-        else:
-            lost = ConnectionError(f"connection closed during the handshake: {exc or 'EOF'}")
-            self.handshake.set_exception(lost)
 
 
 async def connect(
@@ -439,6 +437,7 @@ async def connect(
         try:
             await asyncio.shield(link.handshake)
         except BaseException:
+            link.handshake.cancel()  # nobody will read what the abort would set on it
             transport.abort()
             raise
     return link
