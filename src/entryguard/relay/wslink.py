@@ -61,6 +61,9 @@ class WsLink(asyncio.Protocol):
         self.options = options
         self.transport: asyncio.Transport | None = None
         self.writing_paused = False
+        # The library's state is OPEN: refreshed after every call into the library (it
+        # changes nowhere else), read as a plain attribute on every write.
+        self.is_open = False
         self.on_writable: Callable[[], None] = _nothing
         self.on_read_done: Callable[[], None] = _nothing
         self.splitter: FrameSplitter | None = None  # set by attach(): the data phase
@@ -77,10 +80,6 @@ class WsLink(asyncio.Protocol):
         self._close_timer: asyncio.TimerHandle | None = None
 
     # --- what the link's owner uses -----------------------------------------------
-
-    @property
-    def is_open(self) -> bool:
-        return self.protocol.state is _OPEN
 
     @property
     def close_reason(self) -> str | None:
@@ -176,6 +175,7 @@ class WsLink(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.protocol.receive_eof()  # idempotent: the state is CLOSED from here on
+        self.is_open = False
         for timer in (self._ping_timer, self._pong_timer, self._close_timer):
             if timer is not None:
                 timer.cancel()
@@ -263,6 +263,7 @@ class WsLink(asyncio.Protocol):
             )
 
     def _write_library_output(self) -> None:
+        self.is_open = self.protocol.state is _OPEN
         transport = self.transport
         if transport is None:
             return
