@@ -10,6 +10,7 @@ linear, and it makes "one active session per user" hold under concurrent starts.
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
@@ -152,6 +153,9 @@ class Database:
     ) -> None:
         self.url = async_url(url)
         self.clock = clock
+        # Names this process in its NOTIFYs, so its own LISTEN ignores them: its commits
+        # already ran on_commit_changes (one change-log read per change, not two).
+        self.instance = uuid.uuid4().hex[:16]
         """The time every service reads, through the sessions (:func:`clock_of`)."""
         self.dialect = make_url(self.url).get_backend_name()
         self.timeouts = timeouts or DbTimeouts()
@@ -210,7 +214,9 @@ class Database:
                     await s.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": WRITE_LOCK_KEY})
                 yield s
                 if changes.wake and self.is_postgres:
-                    await s.execute(text("SELECT pg_notify('entryguard_changes', '')"))
+                    await s.execute(
+                        text("SELECT pg_notify('entryguard_changes', :me)"), {"me": self.instance}
+                    )
         if changes.wake:
             for cb in self.on_commit_changes:
                 cb()

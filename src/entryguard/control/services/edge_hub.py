@@ -44,6 +44,8 @@ from entryguard.sync.stream import DEFAULT_INTERVAL, SILENCE_INTERVALS, Close
 log = logging.getLogger("entryguard.sync")
 
 CHANNEL = "entryguard_edges"
+ACK_GATHER = 0.025
+"""Seconds an ack may wait for this replica's other edges before it is told alone."""
 
 
 @dataclass(eq=False)
@@ -108,6 +110,7 @@ class EdgeHub:
         self._pending: dict[int, int] = {}  # acks not yet told to the other replicas
         self._gone: set[int] = set()
         self._sending = False
+        self._acked = asyncio.Event()  # an ack arrived (the NOTIFY gatherer waits on it)
         self._task: asyncio.Task[None] | None = None
         self.notifies = 0  # NOTIFYs sent (the bench and /metrics count them)
         notifier.channels[CHANNEL] = self._heard_remote
@@ -211,14 +214,33 @@ class EdgeHub:
     # -- the other replicas ------------------------------------------------------------
 
     def _tell_others(self) -> None:
-        if self.db.is_postgres and not self._sending:
+        if not self.db.is_postgres:
+            return
+        self._acked.set()
+        if not self._sending:
             self._sending = True
             asyncio.get_running_loop().create_task(self._send_acks())
 
+    def _all_caught_up(self) -> bool:
+        newest = max(self._pending.values(), default=0)
+        return all(link.revision >= newest for link in self.local.values())
+
     async def _send_acks(self) -> None:
-        """One NOTIFY for every ack that arrived meanwhile (coalesced while in flight)."""
+        """One NOTIFY per change, not per edge: acks are gathered until every edge here
+        has acknowledged the newest revision acked, or for :data:`ACK_GATHER` at most
+        (a slow edge then goes in the next). Each NOTIFY costs a transaction on every
+        listening replica, so this is what keeps a change's cost flat in edges."""
+        loop = asyncio.get_running_loop()
         try:
             while self._pending or self._gone:
+                deadline = loop.time() + ACK_GATHER
+                while not self._gone and not self._all_caught_up():
+                    left = deadline - loop.time()
+                    if left <= 0:
+                        break
+                    self._acked.clear()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._acked.wait(), left)
                 payload: dict[str, Any] = {"r": self._id, "a": self._pending}
                 if self._gone:
                     payload["g"] = sorted(self._gone)

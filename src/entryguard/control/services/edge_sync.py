@@ -165,6 +165,11 @@ class ChangeNotifier:
         self.closing = True
         self.notify()
 
+    def _heard_change(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
+        # Our own commits woke us already (Database.on_commit_changes).
+        if payload != self.db.instance:
+            self.notify()
+
     def notify(self) -> None:
         """The change log may have grown (a commit here, a NOTIFY, a reconnect)."""
         self.changes += 1
@@ -243,7 +248,7 @@ class ChangeNotifier:
             try:
                 conn = await asyncpg.connect(url, timeout=5)
                 conn.add_termination_listener(lambda _c, lost=lost: lost.set())
-                await conn.add_listener("entryguard_changes", lambda *_: self.notify())
+                await conn.add_listener("entryguard_changes", self._heard_change)
                 for channel, callback in self.channels.items():
                     await conn.add_listener(
                         channel, lambda _c, _p, _ch, payload, cb=callback: cb(payload)
