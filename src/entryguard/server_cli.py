@@ -797,12 +797,34 @@ def edge(
             ),
         ),
     ] = "stream",
+    link_memory: Annotated[
+        str,
+        typer.Option(
+            "--link-memory",
+            envvar="EG_EDGE_LINK_MEMORY",
+            show_envvar=True,
+            metavar="SIZE",
+            help="Memory each agent link may hold for all its streams together (e.g. "
+            "64MiB); per-stream windows shrink to fit when many streams are busy.",
+        ),
+    ] = "64MiB",
+    max_streams: Annotated[
+        int,
+        typer.Option(
+            "--max-streams",
+            envvar="EG_EDGE_MAX_STREAMS",
+            show_envvar=True,
+            metavar="N",
+            help="Streams open at once per agent link; a connection past it is reset. Each "
+            "stream is a client socket: raise the file-descriptor limit (LimitNOFILE) to match.",
+        ),
+    ] = 16384,
     log_level: LogLevel = "info",
 ) -> None:
     """Run an edge: tunnel ports and the agents' WebSocket endpoint; holds no database credentials."""
     import ssl
 
-    from entryguard.edge.service import Edge
+    from entryguard.edge.service import Edge, LinkLimits, SizeError, parse_size
     from entryguard.net.listen import bind_socket
 
     setup_logging(log_level)
@@ -819,6 +841,12 @@ def edge(
     edge_name = name or socket.gethostname()
     if delivery not in ("stream", "poll"):
         usage(f"--delivery must be stream or poll, not {delivery!r}")
+    try:
+        limits = LinkLimits(link_memory=parse_size(link_memory), max_streams=max_streams)
+    except SizeError as exc:
+        usage(f"--link-memory: {exc}")
+    except ValueError as exc:
+        usage(f"--link-memory/--max-streams: {exc}")
 
     async def run() -> None:
         stop = asyncio.Event()  # SIGTERM or Ctrl-C: close the edge, exit 0
@@ -839,6 +867,7 @@ def edge(
             offline_grace=grace,
             name=edge_name,
             delivery="poll" if delivery == "poll" else "stream",
+            link_limits=limits,
         )
         await e.start(host, port, ssl_context=ssl_ctx, sock=sock)
         out.print(

@@ -16,7 +16,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from entryguard.durations import DurationError, parse_duration
 from entryguard.errors import Invalid
+from entryguard.mux import DEFAULT_LINK_MEMORY, DEFAULT_MAX_STREAMS
 from entryguard.net import CidrError, IPNetwork, parse_cidr
+from entryguard.relay.limits import LinkLimits, format_size, parse_size
 
 
 def default_config_path() -> Path:
@@ -71,6 +73,40 @@ class TunnelSection(_Strict):
         default=None, description="Local limit on what may be dialed (CIDRs)"
     )
     ca_file: str | None = Field(default=None, description="CA bundle to trust for wss")
+    link_memory: str = Field(
+        default=format_size(DEFAULT_LINK_MEMORY),
+        description="Bytes the edge may make the agent hold for all streams together "
+        "(e.g. 64MiB); windows shrink to fit when many streams are busy",
+    )
+    max_streams: int = Field(
+        default=DEFAULT_MAX_STREAMS,
+        description="Streams open at once on the link; the edge's OPEN past it is refused",
+    )
+
+    @field_validator("link_memory", mode="before")
+    @classmethod
+    def _link_memory(cls, v: object) -> str:
+        if isinstance(v, bool) or not isinstance(v, str | int):
+            raise ValueError("must be a size such as 64MiB")
+        try:
+            LinkLimits(link_memory=parse_size(str(v)))
+        except ValueError as exc:
+            raise ValueError(str(exc)) from exc
+        return str(v)
+
+    @field_validator("max_streams", mode="before")
+    @classmethod
+    def _max_streams(cls, v: object) -> int:
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise ValueError("must be a whole number of streams, e.g. 16384")
+        try:
+            LinkLimits(max_streams=v)
+        except ValueError as exc:
+            raise ValueError(str(exc)) from exc
+        return v
+
+    def link_limits(self) -> LinkLimits:
+        return LinkLimits(link_memory=parse_size(self.link_memory), max_streams=self.max_streams)
 
     @field_validator("edge_url")
     @classmethod

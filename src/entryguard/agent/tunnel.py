@@ -23,7 +23,7 @@ from entryguard import __version__
 from entryguard.agent.config import AgentConfig
 from entryguard.agent.control_client import ControlClient, ControlPlaneError, TunnelTarget
 from entryguard.backoff import Backoff
-from entryguard.mux import MuxConnection, ResetCode, hello
+from entryguard.mux import ResetCode, hello
 from entryguard.net import IPNetwork, normalize_ip
 from entryguard.relay.link import MuxLink
 from entryguard.relay.stream import SocketStream
@@ -262,7 +262,7 @@ class TunnelClient:
                 await refresher
 
     async def _serve(self, ws: ClientLink) -> None:
-        mux = MuxConnection(role="agent")
+        mux = self.cfg.tunnel.link_limits().new_mux("agent")
         link = MuxLink(ws, mux, "edge", on_open=self._on_open, on_control=self._on_control)
         self.link = link
         mux.send_control(hello(mux.initial_window, agent=__version__, name=self.cfg.agent.name))

@@ -26,8 +26,14 @@ from entryguard.edge.follower import ControlPlaneFollower
 from entryguard.edge.listeners import ClientStream, TunnelListener
 from entryguard.edge.metrics import EdgeMetrics
 from entryguard.edge.state import AgentCredential, EdgeState, Tunnel
-from entryguard.mux import MuxConnection, ResetCode, hello
+from entryguard.mux import ResetCode, hello
 from entryguard.net.allowlist import ip_of
+
+# Re-exported for `entryguard edge` (server_cli does not import relay).
+from entryguard.relay.limits import LinkLimits as LinkLimits
+from entryguard.relay.limits import SizeError as SizeError
+from entryguard.relay.limits import format_size as format_size
+from entryguard.relay.limits import parse_size as parse_size
 from entryguard.relay.link import MuxLink
 from entryguard.relay.wslink import LinkServer, ServerLink
 from entryguard.relay.wsoptions import PING_INTERVAL, PING_TIMEOUT, link_options
@@ -82,8 +88,11 @@ class Edge:
         offline_grace: float = 120.0,
         name: str = "edge",
         delivery: Literal["stream", "poll"] = "stream",
+        link_limits: LinkLimits = LinkLimits(),
     ) -> None:
         self.clock = clock
+        # Per agent link: the memory budget and the stream cap (--link-memory, --max-streams).
+        self.link_limits = link_limits
         self.name = name
         # Fail closed after this long without the control plane: session and guest
         # grants stop admitting, static rules stay. 0 keeps everything (fail-static).
@@ -435,7 +444,7 @@ class Edge:
         if old is not None:
             log.info("agent %s reconnected from %s: replacing its previous link", cred.name, peer)
             await old.ws.close(4000, "replaced by a new connection")
-        mux = MuxConnection(role="edge")
+        mux = self.link_limits.new_mux("edge")
         link = MuxLink(ws, mux, f"agent {cred.name}", clock=self.clock)
         link.mux.send_control(hello(mux.initial_window, edge=__version__))
         link.kick()

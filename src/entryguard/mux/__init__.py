@@ -6,7 +6,15 @@ whose fault a failure was, ``events`` what ``receive_message`` reports.
 """
 
 from entryguard.mux.codes import PROTOCOL_VERSION, FrameType, ResetCode, hello
-from entryguard.mux.connection import CHUNK, DEFAULT_WINDOW, MuxConnection
+from entryguard.mux.connection import (
+    CHUNK,
+    DEFAULT_LINK_MEMORY,
+    DEFAULT_MAX_STREAMS,
+    DEFAULT_WINDOW,
+    INITIAL_WINDOW,
+    WINDOW_FLOOR,
+    MuxConnection,
+)
 from entryguard.mux.errors import (
     ConnectionProtocolError,
     LocalProtocolError,
@@ -31,8 +39,12 @@ from entryguard.mux.stream import StreamState
 
 __all__ = [
     "CHUNK",
+    "DEFAULT_LINK_MEMORY",
+    "DEFAULT_MAX_STREAMS",
     "DEFAULT_WINDOW",
+    "INITIAL_WINDOW",
     "PROTOCOL_VERSION",
+    "WINDOW_FLOOR",
     "ConnectionProtocolError",
     "ConnectionTerminated",
     "ControlReceived",

@@ -12,6 +12,12 @@ announced in its ``hello``). Until the peer's hello arrives a sender assumes the
 grants what it grants itself; the hello then corrects every open stream's window.
 Credit is returned once a quarter of the window has been consumed, so a sender always
 holds most of a window and never stalls on a full one.
+
+Memory per link: what the peer may make this side hold (credit granted and not yet
+used, plus bytes received and not yet consumed) is bounded by ``link_memory``. A
+stream's window grows from ``initial_window`` towards ``max_window`` while the budget
+allows and shrinks (to no less than ``window_floor``, so every stream progresses) when
+it is tight; credit already granted is never taken back (docs/protocol.md).
 """
 
 from __future__ import annotations
@@ -41,9 +47,25 @@ from entryguard.mux.events import (
 from entryguard.mux.outbox import BATCH, CHUNK, Outbox
 from entryguard.mux.stream import Ended, RecentlyClosed, Stream, StreamState
 
-__all__ = ["BATCH", "CHUNK", "DEFAULT_WINDOW", "RECENTLY_CLOSED", "MuxConnection"]
+__all__ = [
+    "BATCH",
+    "CHUNK",
+    "DEFAULT_LINK_MEMORY",
+    "DEFAULT_MAX_STREAMS",
+    "DEFAULT_WINDOW",
+    "INITIAL_WINDOW",
+    "RECENTLY_CLOSED",
+    "WINDOW_FLOOR",
+    "MuxConnection",
+]
 
 DEFAULT_WINDOW = 1024 * 1024  # measured: smaller windows cap a single stream's throughput
+# What the relay grants every new stream before any WINDOW (HTTP/2's default): small,
+# because it is granted whatever the budget says; credit then grows it to DEFAULT_WINDOW.
+INITIAL_WINDOW = 64 * 1024
+WINDOW_FLOOR = 16 * 1024  # the least window a stream is let down to: every stream progresses
+DEFAULT_LINK_MEMORY = 64 * 1024 * 1024
+DEFAULT_MAX_STREAMS = 16384
 RECENTLY_CLOSED = 4096  # closed stream ids remembered, so late frames are told from faults
 
 _DATA, _WINDOW, _OPEN, _OPENED = FrameType.DATA, FrameType.WINDOW, FrameType.OPEN, FrameType.OPENED
@@ -56,7 +78,10 @@ class MuxConnection:
         role: Literal["edge", "agent"],
         *,
         initial_window: int = DEFAULT_WINDOW,
-        max_streams: int = 16384,
+        max_window: int | None = None,
+        link_memory: int = DEFAULT_LINK_MEMORY,
+        window_floor: int = WINDOW_FLOOR,
+        max_streams: int = DEFAULT_MAX_STREAMS,
         max_pending_opens: int = 1024,
         open_timeout: float = 15.0,
     ) -> None:
@@ -64,9 +89,22 @@ class MuxConnection:
             raise ValueError("role must be 'edge' or 'agent'")
         if not 1 <= initial_window <= F.MAX_WINDOW:
             raise ValueError(f"initial_window must be 1 … {F.MAX_WINDOW}")
+        if max_window is None:
+            max_window = initial_window  # a fixed window: what the relay used to run
+        if not 1 <= max_window <= F.MAX_WINDOW:
+            raise ValueError(f"max_window must be 1 … {F.MAX_WINDOW}")
+        if link_memory < 1 or window_floor < 1:
+            raise ValueError("link_memory and window_floor must be positive")
         self.role = role
         self.initial_window = initial_window
         self.peer_window = initial_window  # until the peer's hello says otherwise
+        # A window never grows past this: max(max_window, initial_window).
+        self.max_window = max(max_window, initial_window)
+        self.link_memory = link_memory
+        self.window_floor = min(window_floor, self.max_window)
+        # Credit granted and unused plus bytes received and unconsumed, all streams:
+        # the memory the peer may make this side hold, kept under link_memory.
+        self.memory_committed = 0
         self.max_streams = max_streams
         self.max_pending_opens = max_pending_opens
         self.open_timeout = open_timeout
@@ -75,7 +113,6 @@ class MuxConnection:
         self.last_receive = 0.0  # ``now`` of the last message, for idle checks by the runtime
         self._peer_hello = False
         self._goaway_sent = False
-        self._credit_at = max(1, initial_window // 4)
         self._streams: dict[int, Stream] = {}
         self._highest = 0  # highest stream id opened: ids only grow, never reused
         self._ended = RecentlyClosed(RECENTLY_CLOSED)
@@ -92,6 +129,11 @@ class MuxConnection:
     @property
     def stream_count(self) -> int:
         return len(self._streams)
+
+    @property
+    def control_backlog(self) -> int:
+        """Bytes of control frames queued and not yet taken by ``messages_to_send``."""
+        return self._out.control_bytes
 
     # --- sending (the application's calls) ------------------------------------------------
 
@@ -117,7 +159,8 @@ class MuxConnection:
         message = F.encode_open(sid, tunnel_id, client_addr)  # checks before any change
         self._highest = sid
         self._streams[sid] = Stream(sid, self.initial_window, self.peer_window)
-        self._out.control.append(message)
+        self.memory_committed += self.initial_window
+        self._out.add_control(message)
         deadline = now + self.open_timeout
         self._unanswered[sid] = deadline
         heapq.heappush(self._timers, (deadline, sid))
@@ -130,7 +173,7 @@ class MuxConnection:
             raise LocalProtocolError(f"stream {stream_id}: OPENED is the agent's answer, sent once")
         st.accepted = True
         self._unanswered.pop(stream_id, None)
-        self._out.control.append(F.encode(_OPENED, stream_id))
+        self._out.add_control(F.encode(_OPENED, stream_id))
 
     def send_data(self, stream_id: int, data: bytes | bytearray | memoryview) -> int:
         """Queue what the peer's window allows; returns how many bytes were taken.
@@ -168,13 +211,25 @@ class MuxConnection:
                 stream_id=stream_id,
             )
         st.recv_buffered -= n
+        self.memory_committed -= n
         if st.remote_fin:
             return  # the peer sends nothing more: credit would be noise
-        st.recv_unacked += n
-        if st.recv_unacked >= self._credit_at:
-            credit, st.recv_unacked = st.recv_unacked, 0
+        # The stream's window: its fair share of the budget (no more than is left),
+        # between window_floor and max_window. Credit tops the stream up to it once a
+        # quarter is missing, so a sender holds most of a window and never stalls.
+        held = st.recv_window + st.recv_buffered
+        target = self.max_window
+        committed = self.memory_committed
+        if committed + target - held > self.link_memory or (
+            target * len(self._streams) > self.link_memory
+        ):
+            share = min(self.link_memory // len(self._streams), self.link_memory - committed + held)
+            target = min(target, max(share, self.window_floor))
+        credit = target - held
+        if credit >= target >> 2 and credit > 0:
             st.recv_window += credit
-            self._out.control.append(F.encode_window(stream_id, credit))
+            self.memory_committed = committed + credit
+            self._out.add_control(F.encode_window(stream_id, credit))
 
     def send_fin(self, stream_id: int) -> None:
         """Half-close: FIN goes out right after the bytes already taken. Idempotent."""
@@ -195,12 +250,12 @@ class MuxConnection:
         if st is None or self.closed:
             return
         self._forget(st, Ended.RESET_SENT)
-        self._out.control.append(F.encode_reset(stream_id, code, text))
+        self._out.add_control(F.encode_reset(stream_id, code, text))
 
     def send_control(self, obj: dict[str, Any]) -> None:
         """Queue a CONTROL message; ``{"type": "goaway"}`` also refuses the peer's new OPENs."""
         self._check_open()
-        self._out.control.append(F.encode_control(obj))
+        self._out.add_control(F.encode_control(obj))
         if obj["type"] == "goaway":
             self._goaway_sent = True
 
@@ -288,6 +343,9 @@ class MuxConnection:
             if not st.accepted and self.role == "edge":
                 raise StreamProtocolError(sid, "FIN before OPENED")
             st.remote_fin = True
+            # Credit the peer can no longer use is no longer memory it can make us hold.
+            self.memory_committed -= st.recv_window
+            st.recv_window = 0
             events.append(StreamEnded(sid))
             if st.finished:
                 self._forget(st, Ended.FINISHED)
@@ -306,7 +364,7 @@ class MuxConnection:
         self._ended.add(sid, Ended.RESET_SENT)
         tunnel_id, addr = F.parse_open(frame)
         if self._goaway_sent:
-            self._out.control.append(F.encode_reset(sid, ResetCode.REFUSED, "going away"))
+            self._out.add_control(F.encode_reset(sid, ResetCode.REFUSED, "going away"))
             return
         if len(self._streams) >= self.max_streams:
             raise StreamProtocolError(
@@ -320,6 +378,7 @@ class MuxConnection:
             )
         self._ended.discard(sid)
         self._streams[sid] = Stream(sid, self.initial_window, self.peer_window)
+        self.memory_committed += self.initial_window
         self._unanswered[sid] = float("inf")  # counted, never timed out here
         events.append(StreamOpened(sid, tunnel_id, addr))
 
@@ -362,17 +421,18 @@ class MuxConnection:
             self._forget(st, Ended.RESET_RECEIVED if on_reset else Ended.RESET_SENT)
             events.append(StreamReset(sid, code, message, remote=False))
         if not on_reset:  # never answer a RESET with a RESET (RFC 9113 §5.4.2)
-            self._out.control.append(F.encode_reset(sid, code, message))
+            self._out.add_control(F.encode_reset(sid, code, message))
 
     def _connection_fault(self, message: str, events: list[Event]) -> None:
         self.closed = True
         for st in self._streams.values():
             st.live = False
         self._streams.clear()
+        self.memory_committed = 0
         self._out.drop_data()
         self._unanswered.clear()
         self._timers.clear()
-        self._out.control.append(
+        self._out.add_control(
             F.encode_control({"type": "error", "code": "protocol", "message": message[:1000]})
         )
         events.append(ProtocolError(None, message))
@@ -414,13 +474,14 @@ class MuxConnection:
             raise LocalProtocolError("the connection is closed")
 
     def _emit_fin(self, st: Stream) -> None:
-        self._out.control.append(F.encode(_FIN, st.id))
+        self._out.add_control(F.encode(_FIN, st.id))
         st.fin_sent = True
         if st.finished:
             self._forget(st, Ended.FINISHED)
 
     def _forget(self, st: Stream, how: Ended) -> None:
         st.live = False
+        self.memory_committed -= st.recv_window + st.recv_buffered
         st.drop_queue()
         del self._streams[st.id]
         self._unanswered.pop(st.id, None)

@@ -27,11 +27,18 @@ BATCH = 512 * 1024  # DATA bytes per take()
 
 
 class Outbox:
-    __slots__ = ("_ready", "control")
+    __slots__ = ("_ready", "control", "control_bytes")
 
     def __init__(self) -> None:
         self.control: list[bytes] = []  # encoded frames that overtake DATA
+        # Their size: a peer can make this side queue control frames (RESETs for its
+        # OPENs) while not reading, so the runtime watches it (docs/protocol.md).
+        self.control_bytes = 0
         self._ready: deque[Stream] = deque()  # streams with queued DATA, each once
+
+    def add_control(self, message: bytes) -> None:
+        self.control.append(message)
+        self.control_bytes += len(message)
 
     def push_data(self, st: Stream, view: memoryview) -> None:
         if not st.queued:
@@ -45,6 +52,7 @@ class Outbox:
         """The messages to send now, and the streams whose queued FIN went out with them."""
         out = self.control
         self.control = []
+        self.control_bytes = 0
         fins: list[Stream] = []
         budget = limit
         ready = self._ready

@@ -76,7 +76,6 @@ class Stream:
         "out",
         "queued",
         "recv_buffered",
-        "recv_unacked",
         "recv_window",
         "remote_fin",
         "send_window",
@@ -90,7 +89,6 @@ class Stream:
         # when its hello announces a smaller window than was assumed)
         self.recv_window = recv_window  # bytes we let the peer send
         self.recv_buffered = 0  # received, not yet consumed by the application
-        self.recv_unacked = 0  # consumed, credit not yet returned
         self.out: deque[memoryview] = deque()  # accepted by send_data, not yet framed
         self.queued = 0  # bytes in ``out``
         self.local_fin = False  # send_fin was called

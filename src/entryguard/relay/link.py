@@ -10,6 +10,13 @@ from the socket's ``data_received``, with no queue and no task switch, and ``kic
 writes queued frames at once while the transport takes them; when it pushes back
 (``pause_writing``), writing stops until ``resume_writing`` kicks again. The mux's
 outgoing queue puts control frames ahead of bulk DATA either way.
+
+Reading the link pauses for one reason: more than ``CONTROL_BACKLOG`` bytes of control
+frames are queued while writing is paused. The peer makes those by sending (a RESET
+for each OPEN refused, one per fault), so a peer that sends and never reads could grow
+them without bound; reading again once they are written. Queued DATA never pauses
+reading: it is bounded by the peer's credit, and the peer's WINDOW frames are what
+would free it (two ends each waiting for the other to read would deadlock).
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ from entryguard.mux import (
     StreamReset,
     WindowUpdated,
 )
+from entryguard.relay.limits import CONTROL_BACKLOG
 from entryguard.relay.wslink import WsLink
 
 log = logging.getLogger("entryguard.relay")
@@ -71,6 +79,8 @@ class MuxLink:
         # The messages of one socket read are being delivered: what they queue (credit,
         # OPENED, RESET) goes out in one write when the read is done, not one each.
         self._reading = False
+        self.control_backlog = CONTROL_BACKLOG
+        self.reading_held = False  # see the module docstring
         self.closed = asyncio.Event()
         self.bytes_in = 0
         self.bytes_out = 0
@@ -108,6 +118,10 @@ class MuxLink:
                 ws.transport.abort()
         finally:
             self._flushing = False
+            if self.reading_held and self.mux.control_backlog <= self.control_backlog // 2:
+                self.reading_held = False
+                ws.hold_reading(False)
+                log.info("%s: the peer reads again: reading the link again", self.name)
 
     def register(self, stream_id: int, handler: StreamHandler) -> None:
         self.streams[stream_id] = handler
@@ -155,6 +169,17 @@ class MuxLink:
     def _read_done(self) -> None:
         self._reading = False
         self.kick()
+        backlog = self.mux.control_backlog
+        if backlog > self.control_backlog and not self.reading_held:
+            self.reading_held = True
+            self.ws.hold_reading(True)
+            log.warning(
+                "%s: %d bytes of control frames wait for the peer to read: reading the "
+                "link paused until they are written (a peer that never reads is closed "
+                "by the keepalive)",
+                self.name,
+                backlog,
+            )
 
     def _dispatch(self, events: list[Any]) -> None:
         streams = self.streams

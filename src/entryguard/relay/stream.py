@@ -3,9 +3,10 @@
 Socket → stream: bytes go out as DATA up to the peer's window; the rest waits here
 and the socket's reading is paused until a WINDOW update arrives.
 Stream → socket: bytes are written to the transport; credit goes back to the peer
-as soon as the transport has taken them, or, while the transport's buffer is over
-its high-water mark, when it drains. So per stream at most one window plus one
-socket buffer is ever held in memory, and a stalled reader stalls only its stream.
+as soon as the kernel has taken them, or, when the transport had to keep some, once
+it has drained (its high-water mark is 0). So the bytes of a stream held in this
+process are never more than its window, which the link's memory budget sizes
+(docs/protocol.md), and a stalled reader stalls only its stream.
 """
 
 from __future__ import annotations
@@ -22,7 +23,11 @@ from entryguard.relay.sockets import abort_with_rst
 
 log = logging.getLogger("entryguard.relay")
 
-WRITE_HIGH_WATER = 256 * 1024
+# 0: the transport pauses us as soon as it holds a byte the kernel did not take, and
+# resumes once it holds none, so credit is returned for bytes that left the process
+# only. With a high-water mark of H instead, each stream could keep H bytes beyond its
+# window: 1,000 stalled clients × 256 KiB was a quarter of a GiB outside the budget.
+WRITE_HIGH_WATER = 0
 
 
 class RelayState(Enum):

@@ -14,8 +14,10 @@ guide) for everything but the data.
 - Keepalive on our own timer: a ping every ``ping_interval``; no pong within
   ``ping_timeout`` fails the link with 1011, as the library's own client and server do.
 - Back-pressure is the transport's: ``pause_writing``/``resume_writing`` flip
-  ``writing_paused`` and wake the consumer. Reading pauses in one place only: between
-  the handshake and ``attach``, so nothing arrives before someone can take it.
+  ``writing_paused`` and wake the consumer. Reading pauses in two places only: between
+  the handshake and ``attach``, so nothing arrives before someone can take it; and
+  while the consumer holds it (``hold_reading``: the mux has too many control frames
+  queued behind a peer that does not read, see ``MuxLink``).
 """
 
 from __future__ import annotations
@@ -121,6 +123,18 @@ class WsLink(asyncio.Protocol):
         if self.transport is not None and not self.transport.is_closing():
             with contextlib.suppress(RuntimeError):
                 self.transport.resume_reading()
+
+    def hold_reading(self, held: bool) -> None:
+        """Stop taking the peer's bytes (``True``) or take them again (``False``). Only
+        after ``attach``: before it, reading is paused until ``attach`` anyway."""
+        transport = self.transport
+        if transport is None or transport.is_closing() or self.splitter is None:
+            return
+        with contextlib.suppress(RuntimeError):
+            if held:
+                transport.pause_reading()
+            else:
+                transport.resume_reading()
 
     def write_messages(self, messages: list[bytes]) -> None:
         """Write binary messages, one frame each (the caller checked ``is_open``)."""

@@ -12,7 +12,7 @@ import ssl
 from entryguard.control.db.database import Database
 from entryguard.control.runner import local_edge_token, run_control_plane
 from entryguard.control.settings import Settings
-from entryguard.edge.service import Edge
+from entryguard.edge.service import Edge, LinkLimits
 from entryguard.net.listen import bind_socket, shown_host
 
 
@@ -26,6 +26,7 @@ async def run_up(
     edge_host: str,
     edge_port: int,
     offline_grace: float = 120.0,
+    link_limits: LinkLimits = LinkLimits(),
 ) -> None:
     """Serve the control plane on ``host:port`` and, once it serves, the edge on
     ``edge_host:edge_port``; the banner is printed when both are up."""
@@ -40,6 +41,7 @@ async def run_up(
             settings=settings,
             tls=tls,
             offline_grace=offline_grace,
+            link_limits=link_limits,
         )
 
     await run_control_plane(settings, host, port, tls=tls, log_level=log_level, beside=start_edge)
@@ -54,6 +56,7 @@ async def start_local_edge(
     settings: Settings,
     tls: tuple[str, str] | None,
     offline_grace: float = 120.0,
+    link_limits: LinkLimits = LinkLimits(),
 ) -> tuple[asyncio.Task[None], str]:
     """The edge inside `entryguard up`: its task (closes the edge when cancelled) and URL.
     A taken port raises :class:`~entryguard.net.listen.ListenError`."""
@@ -66,7 +69,12 @@ async def start_local_edge(
         ca = settings.data_dir / "tls" / "ca.pem"
         verify = ssl.create_default_context(cafile=str(ca)) if ca.exists() else False
     edge = Edge(
-        control_url, edge_token, tunnel_host=host, verify=verify, offline_grace=offline_grace
+        control_url,
+        edge_token,
+        tunnel_host=host,
+        verify=verify,
+        offline_grace=offline_grace,
+        link_limits=link_limits,
     )
     await edge.start(host, port, ssl_context=ssl_ctx, sock=sock)
     try:
