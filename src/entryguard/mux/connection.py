@@ -126,6 +126,11 @@ class MuxConnection:
         st = self._streams.get(stream_id)
         return StreamState.CLOSED if st is None else st.state
 
+    def send_room(self, stream_id: int) -> int:
+        """Bytes ``send_data`` would take now on this stream (0 if it is not open)."""
+        st = self._streams.get(stream_id)
+        return 0 if st is None or st.local_fin else max(0, st.send_window)
+
     @property
     def stream_count(self) -> int:
         return len(self._streams)

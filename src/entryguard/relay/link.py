@@ -47,6 +47,8 @@ from entryguard.relay.wslink import WsLink
 
 log = logging.getLogger("entryguard.relay")
 
+READ_SIZE = 256 * 1024  # the most a stream reads from its socket at once (as asyncio's)
+
 
 class StreamHandler(Protocol):
     def on_accepted(self) -> None: ...
@@ -80,6 +82,9 @@ class MuxLink:
         # OPENED, RESET) goes out in one write when the read is done, not one each.
         self._reading = False
         self.control_backlog = CONTROL_BACKLOG
+        # Where the link's streams read their sockets (SocketStream.get_buffer): one
+        # buffer for all, as each read is copied out before the next one.
+        self.read_buffer = memoryview(bytearray(READ_SIZE))
         self.reading_held = False  # see the module docstring
         self.closed = asyncio.Event()
         self.bytes_in = 0
@@ -221,8 +226,11 @@ class MuxLink:
                 if self._on_control is not None:
                     self._on_control(ev.data)
             elif isinstance(ev, ProtocolError):
-                self.protocol_errors += 1
-                log.warning("%s: protocol error: %s", self.name, ev.message)
+                if ev.code == ResetCode.REFUSED:  # a limit of ours, not the peer's fault
+                    log.warning("%s: refused %s", self.name, ev.message)
+                else:
+                    self.protocol_errors += 1
+                    log.warning("%s: protocol error: %s", self.name, ev.message)
             elif isinstance(ev, ConnectionTerminated):
                 log.error("%s: closing the link: %s", self.name, ev.reason)
 
