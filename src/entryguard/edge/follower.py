@@ -450,8 +450,8 @@ class ControlPlaneFollower:
         return msg
 
     def _report_refusal(self, message: str) -> None:
-        log.error("%s", message)
-        if message not in self.problems:
+        if message not in self.problems:  # logged once, not on every retry
+            log.error("%s", message)
             self.problems = [*self.problems[-9:], message]
             self._refusals.add(message)
 
