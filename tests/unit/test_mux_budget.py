@@ -42,7 +42,9 @@ def test_a_window_starts_small_and_grows_to_the_max_while_the_budget_allows() ->
     p = budget_pair(64 * MiB)
     sid = p.open()
     assert p.edge.send_room(sid) == INITIAL_WINDOW
-    push(p, sid, 1)  # the first byte consumed tops the window up to 1 MiB
+    push(p, sid, INITIAL_WINDOW // 4 - 1)  # not worth a frame yet
+    assert p.edge.send_room(sid) == INITIAL_WINDOW * 3 // 4 + 1
+    push(p, sid, 1)  # a quarter consumed: the window is topped up to 1 MiB
     assert p.edge.send_room(sid) == MiB
     assert p.agent.memory_committed == held(p.agent) == MiB
 
@@ -68,7 +70,7 @@ def test_windows_shrink_when_the_budget_is_tight_and_grow_back_when_it_frees() -
 def test_credit_already_granted_is_never_taken_back() -> None:
     p = budget_pair(2 * MiB, max_streams=100)
     first = p.open()
-    push(p, first, 1)
+    push(p, first, INITIAL_WINDOW // 4)
     assert p.edge.send_room(first) == MiB  # granted while the link was empty
     others = [p.open() for _ in range(20)]  # now the budget is tight
     for sid in others:

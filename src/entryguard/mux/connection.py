@@ -105,6 +105,7 @@ class MuxConnection:
         # Credit granted and unused plus bytes received and unconsumed, all streams:
         # the memory the peer may make this side hold, kept under link_memory.
         self.memory_committed = 0
+        self._credit_at = max(1, initial_window // 4)  # a new stream's first credit
         self.max_streams = max_streams
         self.max_pending_opens = max_pending_opens
         self.open_timeout = open_timeout
@@ -163,7 +164,7 @@ class MuxConnection:
         sid = self._highest + 1
         message = F.encode_open(sid, tunnel_id, client_addr)  # checks before any change
         self._highest = sid
-        self._streams[sid] = Stream(sid, self.initial_window, self.peer_window)
+        self._streams[sid] = Stream(sid, self.initial_window, self.peer_window, self._credit_at)
         self.memory_committed += self.initial_window
         self._out.add_control(message)
         deadline = now + self.open_timeout
@@ -219,19 +220,23 @@ class MuxConnection:
         self.memory_committed -= n
         if st.remote_fin:
             return  # the peer sends nothing more: credit would be noise
+        st.recv_unacked += n
+        if st.recv_unacked < st.credit_at:
+            return  # the hot path: the window is recomputed once a quarter is consumed
+        st.recv_unacked = 0
         # The stream's window: its fair share of the budget (no more than is left),
         # between window_floor and max_window. Credit tops the stream up to it once a
         # quarter is missing, so a sender holds most of a window and never stalls.
         held = st.recv_window + st.recv_buffered
         target = self.max_window
         committed = self.memory_committed
-        if committed + target - held > self.link_memory or (
-            target * len(self._streams) > self.link_memory
-        ):
-            share = min(self.link_memory // len(self._streams), self.link_memory - committed + held)
+        budget = self.link_memory
+        if committed + target - held > budget or target * len(self._streams) > budget:
+            share = min(budget // len(self._streams), budget - committed + held)
             target = min(target, max(share, self.window_floor))
+        st.credit_at = max(1, target >> 2)
         credit = target - held
-        if credit >= target >> 2 and credit > 0:
+        if credit >= st.credit_at:
             st.recv_window += credit
             self.memory_committed = committed + credit
             self._out.add_control(F.encode_window(stream_id, credit))
@@ -382,7 +387,7 @@ class MuxConnection:
                 code=ResetCode.REFUSED,
             )
         self._ended.discard(sid)
-        self._streams[sid] = Stream(sid, self.initial_window, self.peer_window)
+        self._streams[sid] = Stream(sid, self.initial_window, self.peer_window, self._credit_at)
         self.memory_committed += self.initial_window
         self._unanswered[sid] = float("inf")  # counted, never timed out here
         events.append(StreamOpened(sid, tunnel_id, addr))

@@ -68,6 +68,7 @@ class RecentlyClosed:
 class Stream:
     __slots__ = (
         "accepted",
+        "credit_at",
         "fin_pending",
         "fin_sent",
         "id",
@@ -76,12 +77,13 @@ class Stream:
         "out",
         "queued",
         "recv_buffered",
+        "recv_unacked",
         "recv_window",
         "remote_fin",
         "send_window",
     )
 
-    def __init__(self, stream_id: int, recv_window: int, send_window: int) -> None:
+    def __init__(self, stream_id: int, recv_window: int, send_window: int, credit_at: int) -> None:
         self.id = stream_id
         self.live = True  # False once removed from the connection; stale queue entries skip it
         self.accepted = False  # OPENED sent (agent) or received (edge)
@@ -89,6 +91,8 @@ class Stream:
         # when its hello announces a smaller window than was assumed)
         self.recv_window = recv_window  # bytes we let the peer send
         self.recv_buffered = 0  # received, not yet consumed by the application
+        self.recv_unacked = 0  # consumed since the window was last recomputed
+        self.credit_at = credit_at  # consumed bytes that call for a new look at the window
         self.out: deque[memoryview] = deque()  # accepted by send_data, not yet framed
         self.queued = 0  # bytes in ``out``
         self.local_fin = False  # send_fin was called
