@@ -234,9 +234,13 @@ class ControlPlaneFollower:
         while True:
             await asyncio.sleep(self.probe_interval)
             try:
-                # wait_for as well as the client's own timeout: a hung peer must not
-                # hang the probe, whatever the transport does with timeouts.
-                r = await asyncio.wait_for(client.get(url), self.probe_interval * 1.5)
+                # A deadline as well as the client's own timeout: a hung peer must not
+                # hang the probe, whatever the transport does with timeouts. Not
+                # wait_for: on Python 3.11 it can swallow the cancel that _guarded sends
+                # when the answer lands at the same moment (bpo-42130), and the follower
+                # then waits forever for a probe that never stops.
+                async with asyncio.timeout(self.probe_interval * 1.5):
+                    r = await client.get(url)
                 ok = r.status_code == 200
             except (httpx.HTTPError, TimeoutError):
                 ok = False
@@ -433,7 +437,8 @@ class ControlPlaneFollower:
 
     async def _receive(self, ws: ClientConnection, timeout: float) -> Hello | Changes | Heartbeat:
         try:
-            raw = await asyncio.wait_for(ws.recv(), timeout)
+            async with asyncio.timeout(timeout):  # not wait_for: see _probe
+                raw = await ws.recv()
         except TimeoutError:
             raise Unready(f"{self.base} sent nothing for {timeout:g} s") from None
         msg = parse_server(raw)

@@ -68,8 +68,12 @@ class ChangeTail:
     async def _run(self) -> None:
         backoff = Backoff(0.2, 5.0)
         while True:
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a
+            # cancellation that meets the awaited result (bpo-42130), leaving a task
+            # that ignores its cancel.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._dirty.wait(), RECHECK)
+                async with asyncio.timeout(RECHECK):
+                    await self._dirty.wait()
             self._dirty.clear()
             try:
                 while await self._read():
@@ -145,7 +149,5 @@ class ChangeTail:
         """Return once the head is past ``revision``, on shutdown, or after ``timeout``."""
         async with self._grown:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(
-                    self._grown.wait_for(lambda: self.head > revision or self.closing),
-                    timeout,
-                )
+                async with asyncio.timeout(timeout):
+                    await self._grown.wait_for(lambda: self.head > revision or self.closing)

@@ -240,7 +240,8 @@ class EdgeHub:
                         break
                     self._acked.clear()
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._acked.wait(), left)
+                        async with asyncio.timeout(left):
+                            await self._acked.wait()
                 payload: dict[str, Any] = {"r": self._id, "a": self._pending}
                 if self._gone:
                     payload["g"] = sorted(self._gone)
@@ -299,10 +300,8 @@ class EdgeHub:
                 return not behind
             async with self._cond:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(
-                        self._cond.wait_for(partial(self._moved_since, seen)),
-                        min(left, 0.25),
-                    )
+                    async with asyncio.timeout(min(left, 0.25)):  # not wait_for: ChangeTail
+                        await self._cond.wait_for(partial(self._moved_since, seen))
 
     def _moved_since(self, seen: int) -> bool:
         return self.positions != seen or self.notifier.closing

@@ -187,10 +187,8 @@ class ChangeNotifier:
         or after ``timeout``; at most 2 s, as a safety net should a NOTIFY go missing."""
         async with self._cond:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(
-                    self._cond.wait_for(lambda: self.changes != seen or self.closing),
-                    timeout=min(timeout, 2.0),
-                )
+                async with asyncio.timeout(min(timeout, 2.0)):  # not wait_for: see ChangeTail
+                    await self._cond.wait_for(lambda: self.changes != seen or self.closing)
 
     async def wait(self, timeout: float) -> None:
         await self.wait_change(self.changes, timeout)
@@ -224,10 +222,8 @@ class ChangeNotifier:
     async def _wait_positions(self, seen: int, timeout: float) -> None:
         async with self._cond:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(
-                    self._cond.wait_for(lambda: self.positions != seen or self.closing),
-                    timeout=timeout,
-                )
+                async with asyncio.timeout(timeout):
+                    await self._cond.wait_for(lambda: self.positions != seen or self.closing)
 
     async def start(self) -> None:
         if self.db.is_postgres:

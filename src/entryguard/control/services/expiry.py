@@ -88,7 +88,8 @@ async def run_expiry(db: Database, interval: float, wake: asyncio.Event | None =
                 await asyncio.sleep(sleep)
             else:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(wake.wait(), sleep)
+                    async with asyncio.timeout(sleep):  # not wait_for (3.11: a lost cancel)
+                        await wake.wait()
         except asyncio.CancelledError:
             raise
         except Exception:  # keep the job alive through a database blip
