@@ -130,7 +130,10 @@ class MuxConnection:
     def send_room(self, stream_id: int) -> int:
         """Bytes ``send_data`` would take now on this stream (0 if it is not open)."""
         st = self._streams.get(stream_id)
-        return 0 if st is None or st.local_fin else max(0, st.send_window)
+        if st is None or st.local_fin:
+            return 0
+        room = st.send_window
+        return room if room > 0 else 0  # below 0 after a hello with a smaller window
 
     @property
     def stream_count(self) -> int:

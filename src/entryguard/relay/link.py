@@ -174,8 +174,10 @@ class MuxLink:
     def _read_done(self) -> None:
         self._reading = False
         self.kick()
+        if not self.ws.writing_paused or self.reading_held:
+            return  # the kick wrote every control frame, or reading is already held
         backlog = self.mux.control_backlog
-        if backlog > self.control_backlog and not self.reading_held:
+        if backlog > self.control_backlog:
             self.reading_held = True
             self.ws.hold_reading(True)
             log.warning(

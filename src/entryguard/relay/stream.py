@@ -21,7 +21,7 @@ from enum import Enum
 from typing import cast
 
 from entryguard.mux import MuxError, ResetCode
-from entryguard.relay.link import MuxLink
+from entryguard.relay.link import READ_SIZE, MuxLink
 from entryguard.relay.sockets import abort_with_rst
 
 log = logging.getLogger("entryguard.relay")
@@ -96,11 +96,12 @@ class SocketStream(asyncio.BufferedProtocol):
     def get_buffer(self, sizehint: int) -> memoryview:
         # The link's buffer, cut to the window: buffer_updated copies the bytes out at
         # once (the mux keeps what it is given), so every stream can share it.
-        room = self.link.mux.send_room(self.stream_id)
-        view = self.link.read_buffer
-        if room >= len(view):
-            return view
-        return view[: room or 1] if not self._pending else view[:1]
+        link = self.link
+        room = link.mux.send_room(self.stream_id)
+        if room >= READ_SIZE:
+            return link.read_buffer
+        # No room (reading pauses once this byte is queued), or bytes still waiting.
+        return link.read_buffer[: room if room and not self._pending else 1]
 
     def buffer_updated(self, nbytes: int) -> None:
         self.data_received(self.link.read_buffer[:nbytes].tobytes())
